@@ -1,0 +1,137 @@
+"""The GRADIEND encoder-decoder (spec §4.1-§4.2) and its save/load format.
+
+    h = enc(s) = tanh(W_e s + b_e)        W_e: (d, n), b_e: (d,)      s: a source gradient, (B, n)
+    y = dec(h) = W_d h + b_d              W_d: (n, d), b_d: (n,)
+    loss = mean((y - t)^2)                t: the target gradient, (B, n)
+
+With MSE, tanh and a linear decoder every parameter gradient has a closed form, so a training step
+needs no autograd graph over the (B, n) tensors: with R = 2 (y - t) / (B n),
+
+    ∂/∂W_d = Rᵀ h      ∂/∂b_d = Σ_b R      ∂/∂z = (R W_d) ⊙ (1 - h²)      ∂/∂W_e = (∂/∂z)ᵀ s      ∂/∂b_e = Σ_b ∂/∂z
+
+and the gradients are handed to ``torch.optim.AdamW`` (foreach). ``tests/test_model.py`` pins this
+against autograd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gradiend_core.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
+from gradiend_core.modeling import ParamSpace
+
+
+class Gradiend(nn.Module):
+    def __init__(self, input_dim: int, latent_dim: int = 1):
+        super().__init__()
+        self.input_dim, self.latent_dim = input_dim, latent_dim
+        self.encoder_weight = nn.Parameter(torch.zeros(latent_dim, input_dim))
+        self.encoder_bias = nn.Parameter(torch.zeros(latent_dim))
+        self.decoder_weight = nn.Parameter(torch.zeros(input_dim, latent_dim))
+        self.decoder_bias = nn.Parameter(torch.zeros(input_dim))
+
+    @classmethod
+    def initialised(cls, input_dim: int, seed: int, latent_dim: int = 1) -> Gradiend:
+        """Encoder ~ U(±1/√n) (nn.Linear's default); decoder weight and bias ~ U(±max W_e) (spec §4.1)."""
+        model = cls(input_dim, latent_dim)
+        gen = torch.Generator().manual_seed(seed)
+        bound = 1.0 / input_dim**0.5
+        with torch.no_grad():
+            model.encoder_weight.uniform_(-bound, bound, generator=gen)
+            model.encoder_bias.uniform_(-bound, bound, generator=gen)
+            x = float(model.encoder_weight.max())
+            model.decoder_weight.uniform_(-x, x, generator=gen)
+            model.decoder_bias.uniform_(-x, x, generator=gen)
+        return model
+
+    def encode(self, source: torch.Tensor) -> torch.Tensor:
+        """(B, n) or (n,) -> (B, d) or (d,)."""
+        return torch.tanh(source @ self.encoder_weight.T + self.encoder_bias)
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.decoder_weight.T + self.decoder_bias
+
+    def forward(self, source: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(source))
+
+    @torch.no_grad()
+    def closed_form_grads(self, source: torch.Tensor, target: torch.Tensor) -> float:
+        """Set ``.grad`` of all four tensors for MSE(dec(enc(source)), target); return the loss."""
+        s, t = source.reshape(-1, self.input_dim), target.reshape(-1, self.input_dim)  # (B, n)
+        h = self.encode(s)  # (B, d)
+        residual = self.decode(h) - t  # (B, n)
+        loss = float(residual.pow(2).mean())
+        residual.mul_(2.0 / residual.numel())  # R
+        grad_z = (residual @ self.decoder_weight) * (1 - h * h)  # (B, d)
+        self.decoder_weight.grad = residual.T @ h
+        self.decoder_bias.grad = residual.sum(0)
+        self.encoder_weight.grad = grad_z.T @ s
+        self.encoder_bias.grad = grad_z.sum(0)
+        return loss
+
+    @torch.no_grad()
+    def flip_sign(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Exact reparametrisation h -> -h: negate W_e, b_e and W_d; b_d is kept.
+
+        tanh is odd, so enc'(s) = -enc(s) and dec'(-h) = -W_d(-h) + b_d = dec(h): reconstructions are
+        unchanged (the reference also negates b_d, which is not exact — spec §4.4 [QUIRK]). AdamW's
+        first moments of the flipped tensors are negated too, so the optimiser keeps its course.
+        """
+        for p in (self.encoder_weight, self.encoder_bias, self.decoder_weight):
+            p.neg_()
+            if optimizer is not None and p in optimizer.state and "exp_avg" in optimizer.state[p]:
+                optimizer.state[p]["exp_avg"].neg_()
+
+    def norms(self) -> dict[str, float]:
+        return {"encoder_norm": float(self.encoder_weight.norm()), "decoder_norm": float(self.decoder_weight.norm())}
+
+
+@dataclass(frozen=True)
+class GradiendContext:
+    """What a GRADIEND means: its classes, source/target, objective and base model (needed to rewrite)."""
+
+    classes: list[str]
+    source: str
+    target: str
+    objective: str
+    base_model: str
+
+    def encoding_direction(self) -> dict[str, int]:
+        """Fixed metadata (never flipped): class A encodes to +1, class B to -1."""
+        return {self.classes[0]: 1, self.classes[1]: -1}
+
+    def strengthen_factor(self, cls: str) -> float:
+        """Feature factor that raises P(cls) (spec §7.2): +dir for source 'alternative', -dir otherwise."""
+        direction = self.encoding_direction()[cls]
+        return float(direction if self.source == "alternative" else -direction)
+
+    def weaken_factor(self, cls: str) -> float:
+        other = self.classes[1] if cls == self.classes[0] else self.classes[0]
+        return self.strengthen_factor(other)
+
+
+def save_gradiend(folder: str | Path, model: Gradiend, space: ParamSpace, context: GradiendContext, extra_files: dict[str, dict] | None = None) -> None:
+    """Folder: model.safetensors, config.json (architecture + context), param_space.json, kept_indices.safetensors."""
+    with atomic_dir(folder) as tmp:
+        save_tensors(tmp / "model.safetensors", {k: v.detach().contiguous() for k, v in model.state_dict().items()})
+        write_json(tmp / "config.json", {
+            "architecture": {"input_dim": model.input_dim, "latent_dim": model.latent_dim, "activation_encoder": "tanh", "activation_decoder": "identity", "bias_decoder": True},
+            "context": {**context.__dict__, "feature_class_encoding_direction": context.encoding_direction()},
+        })
+        space.save(tmp)
+        for name, payload in (extra_files or {}).items():
+            write_json(tmp / name, payload)
+
+
+def load_gradiend(folder: str | Path) -> tuple[Gradiend, ParamSpace, GradiendContext]:
+    folder = Path(folder)
+    config = read_json(folder / "config.json", "GRADIEND config")
+    arch = config["architecture"]
+    model = Gradiend(arch["input_dim"], arch["latent_dim"])
+    model.load_state_dict(load_tensors(folder / "model.safetensors", "GRADIEND weights"))
+    context = {k: v for k, v in config["context"].items() if k != "feature_class_encoding_direction"}
+    return model, ParamSpace.load(folder), GradiendContext(**context)
