@@ -51,10 +51,15 @@ def prefix_before_mask(masked: str, mask: str) -> str:
 
 
 def single_token_id(tokenizer, word: str, kind: str) -> int | None:
-    """Vocabulary id of ``word`` as the model would emit it (space-prefixed for causal BPE); None if several tokens."""
+    """Vocabulary id of ``word`` as the model would emit it (space-prefixed for causal BPE).
+
+    None if it is several tokens or the unknown token (an out-of-vocabulary casing such as 'HE' must not
+    count as a token of its class: every class would then share the unk id).
+    """
     text = " " + word if kind == "causal" else word
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids[0] if len(ids) == 1 else None
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return ids[0] if len(ids) == 1 and (unk is None or ids[0] != unk) else None
 
 
 def require_single_token(tokenizer, word: str, kind: str) -> int:
@@ -124,7 +129,7 @@ class GradientComputer:
     def _flatten(self, grads: tuple[torch.Tensor, ...]) -> torch.Tensor:
         out = torch.empty(self.size, dtype=torch.float32, device=self.base.device)
         at = 0
-        for g, idx in zip(grads, self.local):
+        for g, idx in zip(grads, self.local, strict=False):
             flat = g.reshape(-1)
             part = flat if idx is None else flat[idx.to(flat.device)]
             out[at : at + part.numel()] = part
@@ -193,3 +198,12 @@ def encoder_label(factual_class: str, classes: list[str], source: str) -> int:
     """+1 for class A, -1 for class B; negated for source 'alternative' (the label describes the fed gradient)."""
     label = 1 if factual_class == classes[0] else -1
     return -label if source == "alternative" else label
+
+
+def open_computer(params, base: BaseModel, space: ParamSpace) -> GradientComputer:
+    """The gradient computer for the configured objective (the pipeline's MLM head is loaded when used)."""
+    from gradiend_core.workspace import MLM_HEAD
+
+    grad = params.gradient
+    head = MlmHead.load(MLM_HEAD) if grad.objective == "clm_mlm_head" else None
+    return GradientComputer(base, space, grad.objective, params.feature.mask, grad.max_length, head)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -108,9 +109,25 @@ def acquire_base_model(source: str, out_dir: str | Path, dtype: torch.dtype = to
     record.update(architecture=type(model).__name__, kind_of_model=model_kind(model.config), num_parameters=sum(p.numel() for p in model.parameters()))
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         write_json(tmp / "source.json", record)
     return record
+
+
+# Load-time options that transformers writes into tokenizer_config.json; they depend on the environment
+# (HF_HUB_OFFLINE sets local_files_only), not on the tokenizer, and would break byte-identical outputs.
+LOAD_TIME_KEYS = ("local_files_only", "is_local")
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> None:
+    """``save_pretrained`` without environment-dependent load options in tokenizer_config.json."""
+    tokenizer.save_pretrained(folder)
+    config_path = Path(folder) / "tokenizer_config.json"
+    if config_path.exists():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        for key in LOAD_TIME_KEYS:
+            config.pop(key, None)
+        write_json(config_path, config)
 
 
 def _load_config(path: Path, where: str):
@@ -205,13 +222,13 @@ class ParamSpace:
         bounds = torch.tensor(self.offsets() + [self.full_size])
         starts = torch.searchsorted(self.kept, bounds[:-1])
         ends = torch.searchsorted(self.kept, bounds[1:])
-        return [self.kept[s:e] - off for s, e, off in zip(starts.tolist(), ends.tolist(), self.offsets())]
+        return [self.kept[s:e] - off for s, e, off in zip(starts.tolist(), ends.tolist(), self.offsets(), strict=False)]
 
     def with_kept(self, kept: torch.Tensor) -> ParamSpace:
         return ParamSpace(self.names, self.shapes, kept.to(torch.int64).sort().values)
 
     def share_per_tensor(self) -> dict[str, int]:
-        return {n: int(full if idx is None else idx.numel()) for n, full, idx in zip(self.names, self.numels, self.local_indices())}
+        return {n: int(full if idx is None else idx.numel()) for n, full, idx in zip(self.names, self.numels, self.local_indices(), strict=False)}
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -289,3 +306,13 @@ def model_fingerprint(path: str | Path) -> str:
     """Short hash of the saved base model config (recorded in outputs that depend on the model)."""
     return hashlib.sha256(Path(path, "config.json").read_bytes()).hexdigest()[:16]
 
+
+
+def open_base(params) -> BaseModel:
+    """The pipeline's saved base model (models/base) on the configured device, dtype and threads."""
+    from gradiend_core.runtime import configure_torch
+    from gradiend_core.workspace import BASE_MODEL
+
+    rt = params.runtime
+    configure_torch(rt.num_threads, rt.device)
+    return load_base_model(BASE_MODEL, rt.device, rt.dtype, rt.device_map)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -76,7 +77,7 @@ class RuntimeParams(Section):
     device: str = req(_check(lambda v: v == "cpu" or v == "cuda" or v.startswith("cuda:"), "'cpu', 'cuda' or 'cuda:N'"))
     dtype: Literal["float32", "bfloat16", "float16"] = req()
     num_threads: int = req(positive("an integer >= 1"))
-    device_map: Optional[str] = req(_check(lambda v: v in ("auto", "balanced", "sequential"), "null, 'auto', 'balanced' or 'sequential'"))
+    device_map: str | None = req(_check(lambda v: v in ("auto", "balanced", "sequential"), "null, 'auto', 'balanced' or 'sequential'"))
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,8 @@ class GradientParams(Section):
     include: list[str] = req(_check(lambda v: len(v) > 0, "a non-empty list of glob patterns"))
     exclude: list[str] = req()
     exclude_embeddings: bool = req()
-    first_layer: Optional[int] = req()
-    last_layer: Optional[int] = req()
+    first_layer: int | None = req()
+    last_layer: int | None = req()
     max_length: int = req(_check(lambda v: v >= 4, "an integer >= 4"))
     pooling_length: int = req(positive("an integer >= 1"))
 
@@ -227,7 +228,7 @@ def _type_ok(value: Any, tp: Any) -> bool:
     args = typing.get_args(tp)
     if tp is Any:
         return True
-    if origin is Union:
+    if origin in (Union, types.UnionType):
         return any(_type_ok(value, a) for a in args)
     if tp is type(None):
         return value is None
@@ -251,7 +252,7 @@ def _type_ok(value: Any, tp: Any) -> bool:
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin is Union:
+    if origin in (Union, types.UnionType):
         return " or ".join(_describe(a) for a in args)
     if tp is type(None):
         return "null"
@@ -273,7 +274,7 @@ def _coerce(value: Any, tp: Any) -> Any:
             return value
     if typing.get_origin(tp) is list and isinstance(value, list):
         return [_coerce(v, typing.get_args(tp)[0]) for v in value]
-    if typing.get_origin(tp) is Union and value is not None:
+    if typing.get_origin(tp) in (Union, types.UnionType) and value is not None:
         for a in typing.get_args(tp):
             if a is not type(None):
                 return _coerce(value, a)

@@ -5,14 +5,16 @@ absolute value of the *signed* mean gradient of the configured source,
 
     I_i = | (1/N) Σ_k v_k[i] |
 
-and the top-k coordinates are kept (k = ceil(f·n) for a fraction f, or a count). Ties are broken by
-the lower index (a stable sort), so the selection is deterministic. The GRADIEND is then built at the
-pruned size: pruning shrinks the model, not just its output.
+and the top-k coordinates are kept (k = ceil(f·n) for a fraction f, or a count; f is read as the decimal
+written in params.yaml, so f = 0.07 of n = 100 keeps 7, not the 8 that binary 0.07·100 = 7.000000000000001
+would give). Ties are broken by the lower index (a stable sort), so the selection is deterministic.
+The GRADIEND is then built at the pruned size: pruning shrinks the model, not just its output.
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -49,7 +51,7 @@ def importance(computer: GradientComputer, sample: pd.DataFrame, source: str) ->
 def top_k(scores: torch.Tensor, topk: float | int) -> torch.Tensor:
     """Indices (ascending) of the k largest scores; ties keep the lower index."""
     n = scores.numel()
-    k = math.ceil(topk * n) if isinstance(topk, float) else int(topk)
+    k = math.ceil(Fraction(repr(topk)) * n) if isinstance(topk, float) else int(topk)  # exact decimal f, no float round-up
     if k > n:
         raise GradiendError(f"params.yaml: 'pre_prune.topk' = {topk} keeps more coordinates than the gradient vector has ({n}); use a fraction in (0, 1] or a count <= {n}.")
     order = torch.sort(scores.cpu(), descending=True, stable=True).indices

@@ -14,7 +14,7 @@ from gradiend_core.errors import GradiendError
 from gradiend_core.evaluate import WeightEditor, update_direction
 from gradiend_core.io import atomic_dir, write_json
 from gradiend_core.model import Gradiend
-from gradiend_core.modeling import BaseModel, ParamSpace
+from gradiend_core.modeling import BaseModel, ParamSpace, save_tokenizer
 
 
 def selection_for(decoder_metrics: dict, target_class: str, direction: str) -> dict:
@@ -51,7 +51,7 @@ def write_rewritten_checkpoint(base: BaseModel, gradiend: Gradiend, space: Param
         editor.apply(chosen["learning_rate"] * update_direction(gradiend, chosen["feature_factor"]))
         try:
             base.model.save_pretrained(tmp)
-            base.tokenizer.save_pretrained(tmp)
+            save_tokenizer(base.tokenizer, tmp)
         finally:
             editor.restore()
         metrics = measure_saved(tmp)

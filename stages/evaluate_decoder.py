@@ -8,10 +8,11 @@ from gradiend_core.data import load_examples, take_balanced
 from gradiend_core.evaluate import build_lms_set, build_probe_set, decoder_grid, select
 from gradiend_core.io import read_parquet, write_json, write_with
 from gradiend_core.model import load_gradiend
+from gradiend_core.modeling import open_base
 from gradiend_core.params import load_params
 from gradiend_core.plots import decoder_heatmap, probability_shift
 from gradiend_core.runtime import run_stage
-from gradiend_core.workspace import EXAMPLES, METRICS, NEUTRAL, PLOTS, SELECTED, open_base
+from gradiend_core.workspace import EXAMPLES, METRICS, NEUTRAL, PLOTS, SELECTED
 
 LOG = logging.getLogger("stages.evaluate_decoder")
 

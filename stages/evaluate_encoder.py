@@ -6,12 +6,14 @@ import pandas as pd
 
 from gradiend_core.data import load_examples, take_balanced
 from gradiend_core.evaluate import encode_examples, encode_neutral, encoder_metrics
+from gradiend_core.gradients import open_computer
 from gradiend_core.io import read_parquet, write_json, write_with
 from gradiend_core.model import load_gradiend
+from gradiend_core.modeling import open_base
 from gradiend_core.params import load_params
 from gradiend_core.plots import encodings
 from gradiend_core.runtime import run_stage, seed_everything
-from gradiend_core.workspace import EXAMPLES, METRICS, NEUTRAL, PLOTS, SELECTED, open_base, open_computer
+from gradiend_core.workspace import EXAMPLES, METRICS, NEUTRAL, PLOTS, SELECTED
 
 LOG = logging.getLogger("stages.evaluate_encoder")
 

@@ -6,9 +6,10 @@ from gradiend_core.data import load_examples
 from gradiend_core.errors import GradiendError
 from gradiend_core.io import atomic_dir, write_json
 from gradiend_core.mlm_head import fit_mlm_head, write_unused_record
+from gradiend_core.modeling import open_base
 from gradiend_core.params import load_params
 from gradiend_core.runtime import run_stage, seed_everything
-from gradiend_core.workspace import EXAMPLES, METRICS, MLM_HEAD, open_base
+from gradiend_core.workspace import EXAMPLES, METRICS, MLM_HEAD
 
 LOG = logging.getLogger("stages.mlm_head")
 

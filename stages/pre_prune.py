@@ -3,12 +3,13 @@
 import logging
 
 from gradiend_core.data import load_examples
+from gradiend_core.gradients import open_computer
 from gradiend_core.io import atomic_dir, write_json
-from gradiend_core.modeling import select_param_space
+from gradiend_core.modeling import open_base, select_param_space
 from gradiend_core.params import load_params
 from gradiend_core.pruning import importance, stratified_sample, top_k
 from gradiend_core.runtime import run_stage, seed_everything
-from gradiend_core.workspace import EXAMPLES, METRICS, PRE_PRUNE, open_base, open_computer
+from gradiend_core.workspace import EXAMPLES, METRICS, PRE_PRUNE
 
 LOG = logging.getLogger("stages.pre_prune")
 

