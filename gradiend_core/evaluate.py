@@ -94,7 +94,7 @@ class WeightEditor:
     def __init__(self, model: nn.Module, space: ParamSpace):
         named = dict(model.named_parameters())
         self.targets = []
-        for name, idx in zip(space.names, space.local_indices(), strict=False):
+        for name, idx in zip(space.names, space.local_indices(), strict=True):
             flat = named[name].data.view(-1)
             idx = None if idx is None else idx.to(flat.device)
             self.targets.append((flat, idx, (flat if idx is None else flat[idx]).clone()))

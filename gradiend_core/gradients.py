@@ -29,7 +29,6 @@ from gradiend_core.errors import GradiendError
 from gradiend_core.mlm_head import MlmHead, build_masked_batch, left_pad, pooled_mask_states
 from gradiend_core.modeling import BaseModel, ParamSpace, set_requires_grad
 
-OBJECTIVES = ("clm_mlm_head", "clm_next_token", "mlm")
 VECTOR_KINDS = ("factual", "alternative", "diff")
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
@@ -129,7 +128,7 @@ class GradientComputer:
     def _flatten(self, grads: tuple[torch.Tensor, ...]) -> torch.Tensor:
         out = torch.empty(self.size, dtype=torch.float32, device=self.base.device)
         at = 0
-        for g, idx in zip(grads, self.local, strict=False):
+        for g, idx in zip(grads, self.local, strict=True):
             flat = g.reshape(-1)
             part = flat if idx is None else flat[idx.to(flat.device)]
             out[at : at + part.numel()] = part

@@ -222,13 +222,13 @@ class ParamSpace:
         bounds = torch.tensor(self.offsets() + [self.full_size])
         starts = torch.searchsorted(self.kept, bounds[:-1])
         ends = torch.searchsorted(self.kept, bounds[1:])
-        return [self.kept[s:e] - off for s, e, off in zip(starts.tolist(), ends.tolist(), self.offsets(), strict=False)]
+        return [self.kept[s:e] - off for s, e, off in zip(starts.tolist(), ends.tolist(), self.offsets(), strict=True)]
 
     def with_kept(self, kept: torch.Tensor) -> ParamSpace:
         return ParamSpace(self.names, self.shapes, kept.to(torch.int64).sort().values)
 
     def share_per_tensor(self) -> dict[str, int]:
-        return {n: int(full if idx is None else idx.numel()) for n, full, idx in zip(self.names, self.numels, self.local_indices(), strict=False)}
+        return {n: int(full if idx is None else idx.numel()) for n, full, idx in zip(self.names, self.numels, self.local_indices(), strict=True)}
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -300,12 +300,6 @@ def set_requires_grad(model: torch.nn.Module, space: ParamSpace) -> list[torch.n
     for p in tensors:
         p.requires_grad_(True)
     return tensors
-
-
-def model_fingerprint(path: str | Path) -> str:
-    """Short hash of the saved base model config (recorded in outputs that depend on the model)."""
-    return hashlib.sha256(Path(path, "config.json").read_bytes()).hexdigest()[:16]
-
 
 
 def open_base(params) -> BaseModel:

@@ -38,7 +38,7 @@ def encodings(frame: pd.DataFrame, classes: list[str], path: str | Path) -> None
     data = [frame[frame["source_class"] == g]["encoded"].to_numpy() for g in groups]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.boxplot([d if len(d) else [float("nan")] for d in data], showfliers=False)
-    ax.set_xticks(range(1, len(groups) + 1), [f"{g}\n(n={len(d)})" for g, d in zip(groups, data, strict=False)])
+    ax.set_xticks(range(1, len(groups) + 1), [f"{g}\n(n={len(d)})" for g, d in zip(groups, data, strict=True)])
     for i, d in enumerate(data, start=1):
         ax.scatter([i + (j % 7 - 3) * 0.03 for j in range(len(d))], d, s=8, alpha=0.6)
     ax.axhline(0, color="gray", lw=0.5)
@@ -51,7 +51,7 @@ def decoder_heatmap(grid: pd.DataFrame, classes: list[str], path: str | Path) ->
     """Rows: feature factor; columns: learning rate; panels: LMS ratio and P(class) shift vs base."""
     panels = [("lms_ratio", "LMS / base LMS")] + [(f"delta_p_{c}", f"P({c}) - base, all test rows") for c in classes]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.2))
-    for ax, (col, title) in zip(axes, panels, strict=False):
+    for ax, (col, title) in zip(axes, panels, strict=True):
         table = grid.pivot(index="feature_factor", columns="learning_rate", values=col)
         cmap, kw = ("viridis", {}) if col == "lms_ratio" else ("coolwarm", {"vmin": -abs(table.values).max(), "vmax": abs(table.values).max()})
         im = ax.imshow(table.values, aspect="auto", cmap=cmap, **kw)
@@ -66,7 +66,7 @@ def decoder_heatmap(grid: pd.DataFrame, classes: list[str], path: str | Path) ->
 def probability_shift(grid: pd.DataFrame, base: dict, classes: list[str], selection: dict, path: str | Path) -> None:
     """P(class) on the other class's rows and LMS as functions of η, one line per feature factor."""
     fig, axes = plt.subplots(1, len(classes) + 1, figsize=(5 * (len(classes) + 1), 3.6))
-    for ax, cls in zip(axes[:-1], classes, strict=False):
+    for ax, cls in zip(axes[:-1], classes, strict=True):
         other = classes[1] if cls == classes[0] else classes[0]
         for f, part in grid.groupby("feature_factor"):
             ax.plot(part["learning_rate"], part[f"p_{cls}_on_{other}"], marker=".", label=f"f = {f:+g}")
