@@ -4,14 +4,16 @@
 
 Same workload as benchmarks/_reference_worker.py, through gradiend_core's own code path (the one the
 stages use), with the objective taken from the workload (``clm_next_token``) by constructing
-``GradientComputer`` directly rather than through params.yaml. Prints ``GRADIEND_BENCH_RESULT {json}``.
+``GradientComputer`` directly rather than through params.yaml. Prints ``GRADIEND_BENCH_RESULT
+{json}``.
 
-* training step: exactly the body of ``train.train_gradiend``'s loop — the round-robin batch's
-  gradient vectors (``computer.vectors``), the closed-form GRADIEND gradients, AdamW step, zero_grad;
-  the first ``warmup`` steps are dropped, the median of the rest is reported;
+* training step: exactly the body of ``training.train_gradiend``'s loop — the round-robin batch's
+  gradient vectors (``computer.vectors``), the closed-form GRADIEND gradients, AdamW step,
+  zero_grad; the first ``warmup`` steps are dropped, the median of the rest is reported;
 * encoder evaluation: ``encode_examples`` on the test rows + ``encode_neutral`` on the neutral texts
   (what the evaluate_encoder stage does), wall time / rows;
-* decoder grid: ``build_probe_set`` + ``build_lms_set`` + ``decoder_grid`` (what the evaluate_decoder
+* decoder grid: ``build_probe_set`` + ``build_lms_set`` + ``decoder_grid`` (what the
+evaluate_decoder
   stage does), wall time / measured points (grid points + the base point).
 """
 
@@ -23,24 +25,21 @@ import resource
 import statistics
 import sys
 import time
+from types import SimpleNamespace
 
 import pandas as pd
 import torch
 
+from gradiend_core.base_model import load_base_model, select_param_space
 from gradiend_core.data import load_examples, take_balanced
-from gradiend_core.evaluate import (
-    build_lms_set,
-    build_probe_set,
-    decoder_grid,
-    encode_examples,
-    encode_neutral,
-)
+from gradiend_core.decoder_eval import build_lms_set, build_probe_set, decoder_grid
+from gradiend_core.encoder_eval import encode_examples, encode_neutral
+from gradiend_core.feature import ClassPair
+from gradiend_core.gradiend import Gradiend
 from gradiend_core.gradients import GradientComputer, needed_kinds
-from gradiend_core.model import Gradiend
-from gradiend_core.modeling import load_base_model, select_param_space
 from gradiend_core.pruning import importance, stratified_sample, top_k
 from gradiend_core.runtime import configure_torch, seed_everything
-from gradiend_core.train import round_robin_batches
+from gradiend_core.training import round_robin_batches
 
 
 def peak_rss_gb() -> float:
@@ -57,9 +56,12 @@ def main() -> None:
     base = load_base_model(w["model_dir"], "cpu", "float32")
     load_s = time.perf_counter() - t0
     g = w["selection"]
-    full = select_param_space(base.model, g["include"], g["exclude"], g["exclude_embeddings"], g["first_layer"], g["last_layer"])
+    full = select_param_space(base.model, SimpleNamespace(**g))
     if list(full.names) != list(w["param_names"]) or full.full_size != int(w["n_full"]):
-        raise SystemExit("ours worker: the parameter set differs from the workload's param_names; rerun benchmarks/reference.py.")
+        raise SystemExit(
+            "ours worker: the parameter set differs from the workload's param_names; rerun"
+            " benchmarks/reference.py."
+        )
     examples = load_examples(w["examples"], mask)
     train_rows = examples[examples["split"] == "train"]
 
@@ -68,32 +70,53 @@ def main() -> None:
     space = full
     if pp["enabled"]:
         sample = stratified_sample(train_rows, classes, int(pp["n_samples"]), int(pp["seed"]))
-        scores = importance(GradientComputer(base, full, w["objective"], mask, int(w["max_length"])), sample, pp["source"])
+        scores = importance(
+            GradientComputer(base, full, w["objective"], mask, int(w["max_length"])),
+            sample,
+            pp["source"],
+        )
         space = full.with_kept(top_k(scores, pp["topk"]))
     pre_prune_s = time.perf_counter() - t0
 
     computer = GradientComputer(base, space, w["objective"], mask, int(w["max_length"]))
     kinds = needed_kinds(source, target)
     model = Gradiend.initialised(space.size, int(w["seed"])).to(base.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(w["learning_rate"]), weight_decay=float(w["weight_decay"]), eps=1e-8, foreach=True)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=float(w["learning_rate"]),
+        weight_decay=float(w["weight_decay"]),
+        eps=1e-8,
+        foreach=True,
+    )
     batches = round_robin_batches(train_rows, classes, int(w["batch_size"]), int(w["seed"]))
     times, losses = [], []
     for _ in range(int(w["warmup"]) + int(w["steps"])):
         batch = next(batches)
         start = time.perf_counter()
-        vec = computer.vectors(batch["masked"].tolist(), batch["factual"].tolist(), batch["alternative"].tolist(), kinds)
+        vec = computer.vectors(
+            batch["masked"].tolist(),
+            batch["factual"].tolist(),
+            batch["alternative"].tolist(),
+            kinds,
+        )
         losses.append(model.closed_form_grads(vec[source].unsqueeze(0), vec[target].unsqueeze(0)))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
-    step_times = times[int(w["warmup"]):]
+    step_times = times[int(w["warmup"]) :]
     rss_after_train = peak_rss_gb()
 
     enc, dec = w["encoder"], w["decoder"]
     neutral = pd.read_json(w["neutral_texts"], lines=True, dtype=False)["text"].tolist()
     t0 = time.perf_counter()
     test = take_balanced(examples, "test", classes, int(enc["max_per_class"]))
-    frame = pd.concat([encode_examples(computer, model, test, classes, source), encode_neutral(computer, model, neutral[: int(enc["neutral_size"])], int(w["seed"]))], ignore_index=True)
+    frame = pd.concat(
+        [
+            encode_examples(computer, model, test, ClassPair.of(classes), source),
+            encode_neutral(computer, model, neutral[: int(enc["neutral_size"])], int(w["seed"])),
+        ],
+        ignore_index=True,
+    )
     encoder_s = time.perf_counter() - t0
     rows_by_type = {str(k): int(v) for k, v in frame["type"].value_counts().items()}
 
@@ -101,7 +124,18 @@ def main() -> None:
     rows = take_balanced(examples, "test", classes, int(dec["max_per_class"]))
     probe = build_probe_set(base, rows, classes, w["targets"], mask, int(w["max_length"]))
     lms_set = build_lms_set(base, neutral[: int(dec["neutral_size"])], int(w["max_length"]))
-    _, points = decoder_grid(base, model, space, probe, lms_set, dec["feature_factors"], dec["learning_rates"], int(dec["batch_size"]))
+    _, points = decoder_grid(
+        base,
+        model,
+        space,
+        probe,
+        lms_set,
+        SimpleNamespace(
+            feature_factors=dec["feature_factors"],
+            learning_rates=dec["learning_rates"],
+            batch_size=int(dec["batch_size"]),
+        ),
+    )
     decoder_s = time.perf_counter() - t0
     decoder_points = len(points) + 1  # + the base point
 

@@ -6,8 +6,8 @@ nothing from this repository, so it can run in that separate venv:
 
     benchmarks/work/refvenv/bin/python benchmarks/_reference_worker.py WORKLOAD.json
 
-The workload JSON (written by benchmarks/reference.py) fixes model, data files, parameter names, batch
-size, source/target, pre-pruning, step counts and evaluation sizes. Prints one line
+The workload JSON (written by benchmarks/reference.py) fixes model, data files, parameter names,
+batch size, source/target, pre-pruning, step counts and evaluation sizes. Prints one line
 ``GRADIEND_BENCH_RESULT {json}`` at the end.
 
 Timing:
@@ -15,8 +15,8 @@ Timing:
 * training step: a TrainingCallback stamps the end of every step; step k's time is the gap between
   the ends of steps k-1 and k, i.e. the base-gradient extraction done by the reference's data loader
   plus the GRADIEND forward/backward/AdamW and the callbacks. In-training evaluation is off
-  (``do_eval=False``) and the first ``warmup`` steps are dropped (step 1 also writes the first "best"
-  checkpoint), so the timed steps contain no evaluation and no checkpoint write;
+  (``do_eval=False``) and the first ``warmup`` steps are dropped (step 1 also writes the first
+  "best" checkpoint), so the timed steps contain no evaluation and no checkpoint write;
 * encoder evaluation: wall time of ``trainer.evaluate_encoder(...)`` / number of encoded rows;
 * decoder grid: wall time of ``trainer.evaluate_decoder(...)`` / number of measured points
   (grid points + the base model), each a rewrite (deep copy) + probabilities + LMS.
@@ -69,7 +69,11 @@ def main() -> None:
                 self.input_dim = int(g.input_dim)
                 param_map = getattr(g, "param_map", None) or {}
                 self.param_names = list(param_map)
-                self.unpruned = int(sum(int(torch.Size(spec["shape"]).numel()) for spec in param_map.values())) if param_map else None
+                self.unpruned = (
+                    int(sum(int(torch.Size(spec["shape"]).numel()) for spec in param_map.values()))
+                    if param_map
+                    else None
+                )
             return None
 
     examples = pd.read_json(w["reference_examples"], lines=True, dtype=False)
@@ -77,7 +81,12 @@ def main() -> None:
     enc, dec, pp = w["encoder"], w["decoder"], w["pre_prune"]
     pre_prune = None
     if pp["enabled"]:
-        pre_prune = PrePruneConfig(n_samples=int(pp["n_samples"]), topk=pp["topk"], source=pp["source"], seed=int(pp["seed"]))
+        pre_prune = PrePruneConfig(
+            n_samples=int(pp["n_samples"]),
+            topk=pp["topk"],
+            source=pp["source"],
+            seed=int(pp["seed"]),
+        )
     steps_total = int(w["warmup"]) + int(w["steps"])
     args = TrainingArguments(
         experiment_dir=w["reference_experiment_dir"],
@@ -124,11 +133,21 @@ def main() -> None:
     train_total_s = time.perf_counter() - t0
     rss_after_train = peak_rss_gb()
     ordered = sorted(timer.ends)
-    step_times = [timer.ends[s] - timer.ends[s - 1] for s in ordered if s - 1 in timer.ends and s > int(w["warmup"])]
+    step_times = [
+        timer.ends[s] - timer.ends[s - 1]
+        for s in ordered
+        if s - 1 in timer.ends and s > int(w["warmup"])
+    ]
     if len(step_times) < int(w["steps"]):
-        raise SystemExit(f"reference worker: only {len(step_times)} timed steps were recorded (steps ended: {ordered}); expected {w['steps']}.")
+        raise SystemExit(
+            f"reference worker: only {len(step_times)} timed steps were recorded (steps ended:"
+            f" {ordered}); expected {w['steps']}."
+        )
     if timer.unpruned is not None and timer.unpruned != int(w["n_full"]):
-        raise SystemExit(f"reference worker: the reference's parameter set has {timer.unpruned} coordinates, ours {w['n_full']}; the 'params' list did not select the same tensors.")
+        raise SystemExit(
+            f"reference worker: the reference's parameter set has {timer.unpruned} coordinates,"
+            f" ours {w['n_full']}; the 'params' list did not select the same tensors."
+        )
 
     t0 = time.perf_counter()
     enc_result = trainer.evaluate_encoder(
@@ -142,7 +161,11 @@ def main() -> None:
     encoder_s = time.perf_counter() - t0
     encoder_df = enc_result["encoder_df"]
     encoder_rows = int(len(encoder_df))
-    rows_by_type = {str(k): int(v) for k, v in encoder_df["type"].value_counts().items()} if "type" in encoder_df.columns else {}
+    rows_by_type = (
+        {str(k): int(v) for k, v in encoder_df["type"].value_counts().items()}
+        if "type" in encoder_df.columns
+        else {}
+    )
 
     t0 = time.perf_counter()
     dec_result = trainer.evaluate_decoder(

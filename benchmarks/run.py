@@ -27,15 +27,16 @@ from pathlib import Path
 
 import torch
 
+from gradiend_core.base_model import ParamSpace, open_base, select_param_space
 from gradiend_core.data import load_examples, take_balanced
-from gradiend_core.evaluate import WeightEditor, build_lms_set, build_probe_set, measure, update_direction
+from gradiend_core.decoder_eval import build_lms_set, build_probe_set, measure
+from gradiend_core.gradiend import Gradiend
 from gradiend_core.gradients import needed_kinds, open_computer
 from gradiend_core.io import read_parquet, write_json
-from gradiend_core.model import Gradiend
-from gradiend_core.modeling import ParamSpace, open_base, select_param_space
 from gradiend_core.params import load_params
 from gradiend_core.pruning import top_k
-from gradiend_core.train import round_robin_batches
+from gradiend_core.training import round_robin_batches
+from gradiend_core.weight_edit import WeightEditor, update_direction
 from gradiend_core.workspace import EXAMPLES, NEUTRAL, PRE_PRUNE
 
 RESULTS = Path("benchmarks/results")
@@ -45,7 +46,10 @@ def device_line() -> str:
     cpu = platform.processor() or platform.machine()
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}; torch {torch.__version__}"
-    return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; torch {torch.__version__}"
+    return (
+        f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; torch"
+        f" {torch.__version__}"
+    )
 
 
 def peak_rss_gb() -> float:
@@ -67,14 +71,24 @@ def bench_step(params, base, space: ParamSpace, batch, steps: int) -> dict:
     kinds = needed_kinds(t.source, t.target)
     computer = open_computer(params, base, space)
     model = Gradiend.initialised(space.size, 0)
-    optim = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, foreach=True)
-    masked, fact, alt = batch["masked"].tolist(), batch["factual"].tolist(), batch["alternative"].tolist()
+    optim = torch.optim.AdamW(
+        model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, foreach=True
+    )
+    masked, fact, alt = (
+        batch["masked"].tolist(),
+        batch["factual"].tolist(),
+        batch["alternative"].tolist(),
+    )
 
     def floor() -> None:
         loss_of = computer._loss_fn(masked)
         t_f = torch.tensor([computer.target_index(w) for w in fact])
         t_a = torch.tensor([computer.target_index(w) for w in alt])
-        losses = {"factual": lambda: loss_of(t_f), "alternative": lambda: loss_of(t_a), "diff": lambda: loss_of(t_f) - loss_of(t_a)}
+        losses = {
+            "factual": lambda: loss_of(t_f),
+            "alternative": lambda: loss_of(t_a),
+            "diff": lambda: loss_of(t_f) - loss_of(t_a),
+        }
         for i, k in enumerate(kinds):
             losses[k]().backward(retain_graph=i < len(kinds) - 1)
         base.model.zero_grad(set_to_none=True)
@@ -93,15 +107,25 @@ def bench_step(params, base, space: ParamSpace, batch, steps: int) -> dict:
 
     floor_s = timed(floor, steps)
     full_s = timed(full, steps)
-    return {"floor_s": floor_s, "step_s": full_s, "floor_ratio": full_s / floor_s,
-            "phase_extract_s": statistics.median(phases["extract"]), "phase_gradiend_update_s": statistics.median(phases["gradiend"]), "n": space.size}
+    return {
+        "floor_s": floor_s,
+        "step_s": full_s,
+        "floor_ratio": full_s / floor_s,
+        "phase_extract_s": statistics.median(phases["extract"]),
+        "phase_gradiend_update_s": statistics.median(phases["gradiend"]),
+        "n": space.size,
+    }
 
 
 def bench_grid(params, base, space: ParamSpace, repeats: int) -> dict:
     d, f = params.evaluate_decoder, params.feature
     rows = take_balanced(load_examples(EXAMPLES, f.mask), "test", f.classes, d.max_per_class)
     probe = build_probe_set(base, rows, f.classes, f.targets, f.mask, params.gradient.max_length)
-    lms_set = build_lms_set(base, read_parquet(NEUTRAL, ["text"], "neutral")["text"].tolist()[: d.neutral_size], params.gradient.max_length)
+    lms_set = build_lms_set(
+        base,
+        read_parquet(NEUTRAL, ["text"], "neutral")["text"].tolist()[: d.neutral_size],
+        params.gradient.max_length,
+    )
     gradiend = Gradiend.initialised(space.size, 0)
     editor = WeightEditor(base.model, space)
     direction = update_direction(gradiend, 1.0)
@@ -117,28 +141,53 @@ def bench_grid(params, base, space: ParamSpace, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--scaling", default="0.001,0.01,0.1,1.0", help="pre-prune top-k fractions for the scaling curve")
+    parser.add_argument(
+        "--scaling",
+        default="0.001,0.01,0.1,1.0",
+        help="pre-prune top-k fractions for the scaling curve",
+    )
     args = parser.parse_args()
     params = load_params()
     torch.manual_seed(0)
     base = open_base(params)
     pruned = ParamSpace.load(PRE_PRUNE)
     examples = load_examples(EXAMPLES, params.feature.mask)
-    batch = next(round_robin_batches(examples[examples["split"] == "train"], params.feature.classes, params.train.batch_size, 0))
+    batch = next(
+        round_robin_batches(
+            examples[examples["split"] == "train"],
+            params.feature.classes,
+            params.train.batch_size,
+            0,
+        )
+    )
 
     step = bench_step(params, base, pruned, batch, args.steps)
     grid = bench_grid(params, base, pruned, max(2, args.steps // 2))
     g = params.gradient
-    full = select_param_space(base.model, g.include, g.exclude, g.exclude_embeddings, g.first_layer, g.last_layer)
+    full = select_param_space(base.model, g)
     scores = torch.rand(full.full_size, generator=torch.Generator().manual_seed(0))
     scaling = []
     for frac in [float(x) for x in args.scaling.split(",")]:
         space = full if frac >= 1.0 else full.with_kept(top_k(scores, frac))
         result = bench_step(params, base, space, batch, max(2, args.steps // 2))
-        scaling.append({"topk": frac, "n": space.size, "step_s": result["step_s"], "floor_s": result["floor_s"], "peak_rss_gb": peak_rss_gb()})
-        print(f"scaling topk={frac:<6} n={space.size:>11,d} step={result['step_s']:.3f}s floor={result['floor_s']:.3f}s rss={peak_rss_gb():.2f} GB", flush=True)
+        scaling.append(
+            {
+                "topk": frac,
+                "n": space.size,
+                "step_s": result["step_s"],
+                "floor_s": result["floor_s"],
+                "peak_rss_gb": peak_rss_gb(),
+            }
+        )
+        print(
+            f"scaling topk={frac:<6} n={space.size:>11,d} step={result['step_s']:.3f}s"
+            f" floor={result['floor_s']:.3f}s rss={peak_rss_gb():.2f} GB",
+            flush=True,
+        )
 
     summary = {
         "device": device_line(),
@@ -151,7 +200,10 @@ def main() -> None:
         "peak_rss_gb": peak_rss_gb(),
         "speedup_vs_reference_step": None,
         "rss_ratio_vs_reference": None,
-        "reference_comparison": "not run yet: the side-by-side against gradiend==0.2.3 is an open item (see README, Benchmarks)",
+        "reference_comparison": (
+            "not run yet: the side-by-side against gradiend==0.2.3 is an open item (see README,"
+            " Benchmarks)"
+        ),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS / "summary.json", summary)
@@ -163,8 +215,18 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([s["n"] for s in scaling], [s["step_s"] for s in scaling], "o-", label="full step")
-    ax.plot([s["n"] for s in scaling], [s["floor_s"] for s in scaling], "s--", label="floor (base passes)")
-    ax.set(xscale="log", xlabel="n (gradient vector size)", ylabel="seconds per step", title="GRADIEND step time vs n")
+    ax.plot(
+        [s["n"] for s in scaling],
+        [s["floor_s"] for s in scaling],
+        "s--",
+        label="floor (base passes)",
+    )
+    ax.set(
+        xscale="log",
+        xlabel="n (gradient vector size)",
+        ylabel="seconds per step",
+        title="GRADIEND step time vs n",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "scaling.png", dpi=100)

@@ -1,20 +1,16 @@
-"""Objectives -> flat gradient vectors (spec §2-§3).
+"""Objectives -> flat gradient vectors (docs/method.md §2-§3).
 
 For a batch of masked sentences of one transition, one forward pass of the base model gives logits
 from which both losses are read; each requested vector is one backward pass:
 
-    g_f    = ∂L(x, t_factual)/∂θ            'factual'
-    g_a    = ∂L(x, t_alternative)/∂θ        'alternative'
-    g_f-g_a = ∂(L_f - L_a)/∂θ               'diff'   (one backward, by linearity)
+    g_f     = ∂L(x, t_factual)/∂θ            'factual'
+    g_a     = ∂L(x, t_alternative)/∂θ        'alternative'
+    g_f-g_a = ∂(L_f - L_a)/∂θ                'diff'   (one backward, by linearity)
 
 ``L`` is the mean cross-entropy over the batch's labelled positions, so a vector is the batch-mean
 gradient (plain loss gradient, not negated). Only θ's tensors require grad, and only the kept
-coordinates are copied into one flat float32 vector.
-
-Token convention for causal models (one convention everywhere: training, encoder and decoder eval):
-input = text before the first mask, right-stripped; target = the first token of ``" " + word``;
-the loss reads the logits of the last real position; batches are left-padded with explicit position
-ids. (This fixes the reference's off-by-one, spec §2.4 [QUIRK].)
+coordinates are copied into one flat float32 vector. Causal inputs follow the token convention of
+``gradiend_core.tokens`` (§2.4).
 """
 
 from __future__ import annotations
@@ -25,56 +21,63 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from gradiend_core.base_model import BaseModel, ParamSpace, set_requires_grad
 from gradiend_core.errors import GradiendError
-from gradiend_core.mlm_head import MlmHead, build_masked_batch, left_pad, pooled_mask_states
-from gradiend_core.modeling import BaseModel, ParamSpace, set_requires_grad
+from gradiend_core.mlm_head import MlmHead, build_masked_batch, pooled_mask_states
+from gradiend_core.tokens import (
+    causal_prefix_ids,
+    left_pad,
+    require_single_token,
+    single_token_id,
+)
 
 VECTOR_KINDS = ("factual", "alternative", "diff")
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
+# A neutral row's next-token target sits at least this many tokens into the sentence, so the
+# prediction has some context (docs/method.md §1.6).
+NEUTRAL_MIN_PREFIX_TOKENS = 5
+
 
 def check_objective(objective: str, base: BaseModel, head: MlmHead | None) -> None:
     if objective == "mlm" and (base.kind != "masked" or base.tokenizer.mask_token is None):
-        raise GradiendError("params.yaml: 'gradient.objective' = 'mlm' needs a masked LM (a *ForMaskedLM model with a mask token); use 'clm_mlm_head' or 'clm_next_token' for decoder-only models.")
+        raise GradiendError(
+            "params.yaml: 'gradient.objective' = 'mlm' needs a masked LM (a *ForMaskedLM model with"
+            " a mask token); use 'clm_mlm_head' or 'clm_next_token' for decoder-only models."
+        )
     if objective.startswith("clm") and base.kind != "causal":
-        raise GradiendError(f"params.yaml: 'gradient.objective' = {objective!r} needs a causal (decoder-only) model; use 'mlm' for masked LMs.")
+        raise GradiendError(
+            f"params.yaml: 'gradient.objective' = {objective!r} needs a causal (decoder-only)"
+            " model; use 'mlm' for masked LMs."
+        )
     if objective == "clm_mlm_head" and head is None:
-        raise GradiendError("models/mlm_head: no trained head, but 'gradient.objective' is 'clm_mlm_head'; rerun 'dvc repro mlm_head'.")
-
-
-def prefix_before_mask(masked: str, mask: str) -> str:
-    if mask not in masked:
-        raise GradiendError(f"masked text has no {mask!r}: {masked[:80]!r}; every row of data/examples.parquet must contain the mask (regenerate with 'dvc repro data').")
-    return masked.split(mask, 1)[0].rstrip()
-
-
-def single_token_id(tokenizer, word: str, kind: str) -> int | None:
-    """Vocabulary id of ``word`` as the model would emit it (space-prefixed for causal BPE).
-
-    None if it is several tokens or the unknown token (an out-of-vocabulary casing such as 'HE' must not
-    count as a token of its class: every class would then share the unk id).
-    """
-    text = " " + word if kind == "causal" else word
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    unk = getattr(tokenizer, "unk_token_id", None)
-    return ids[0] if len(ids) == 1 and (unk is None or ids[0] != unk) else None
-
-
-def require_single_token(tokenizer, word: str, kind: str) -> int:
-    token = single_token_id(tokenizer, word, kind)
-    if token is None:
-        pieces = tokenizer.convert_ids_to_tokens(tokenizer((" " + word) if kind == "causal" else word, add_special_tokens=False)["input_ids"])
-        raise GradiendError(f"params.yaml: 'feature.targets' word {word!r} is not a single token for this model (it splits into {pieces}); choose single-token target words.")
-    return token
+        raise GradiendError(
+            "models/mlm_head: no trained head, but 'gradient.objective' is 'clm_mlm_head'; rerun"
+            " 'dvc repro mlm_head'."
+        )
 
 
 class GradientComputer:
     """Computes flat gradient vectors over the kept coordinates of θ for one objective."""
 
-    def __init__(self, base: BaseModel, space: ParamSpace, objective: str, mask: str, max_length: int, head: MlmHead | None = None):
+    def __init__(
+        self,
+        base: BaseModel,
+        space: ParamSpace,
+        objective: str,
+        mask: str,
+        max_length: int,
+        head: MlmHead | None = None,
+    ):
         check_objective(objective, base, head)
-        self.base, self.space, self.objective, self.mask, self.max_length = base, space, objective, mask, max_length
+        self.base, self.space, self.objective, self.mask, self.max_length = (
+            base,
+            space,
+            objective,
+            mask,
+            max_length,
+        )
         self.head = head.to(base.device).requires_grad_(False) if head is not None else None
         self.tensors = set_requires_grad(base.model, space)
         self.local = space.local_indices()
@@ -88,39 +91,61 @@ class GradientComputer:
             return self.head.label_index(word)
         if word not in self._token_cache:
             token = single_token_id(self.base.tokenizer, word, self.base.kind)
-            if token is None:  # a rare casing variant (e.g. 'HE') may split; its lowercase form is the class word
+            if (
+                token is None
+            ):  # a rare casing variant (e.g. 'HE') may split; its lowercase form is the class word
                 token = require_single_token(self.base.tokenizer, word.lower(), self.base.kind)
             self._token_cache[word] = token
         return self._token_cache[word]
 
-    # ---- forward passes returning loss functions ---------------------------------------------------
+    # ---- forward passes returning loss functions -------------------------------------------------
     def _next_token_logits(self, prefixes: list[list[int]]) -> torch.Tensor:
         """(B, V) logits of the token after each prefix (left-padded batch, last position)."""
         if any(len(p) == 0 for p in prefixes):
-            raise GradiendError("an example has no left context before the mask; raise data.min_left_context_words (causal models predict from the left context).")
-        ids, attn, pos = left_pad([p[-self.max_length:] for p in prefixes], self.base.tokenizer.pad_token_id)
+            raise GradiendError(
+                "an example has no left context before the mask; raise data.min_left_context_words"
+                " (causal models predict from the left context)."
+            )
+        ids, attn, pos = left_pad(
+            [p[-self.max_length :] for p in prefixes], self.base.tokenizer.pad_token_id
+        )
         dev = self.base.device
-        out = self.base.model(input_ids=ids.to(dev), attention_mask=attn.to(dev), position_ids=pos.to(dev), logits_to_keep=1, use_cache=False)
+        out = self.base.model(
+            input_ids=ids.to(dev),
+            attention_mask=attn.to(dev),
+            position_ids=pos.to(dev),
+            logits_to_keep=1,
+            use_cache=False,
+        )
         return out.logits[:, -1, :].float()
 
     def _loss_fn(self, masked: list[str]) -> LossFn:
         tok = self.base.tokenizer
         if self.objective == "clm_next_token":
-            prefixes = [tok(prefix_before_mask(m, self.mask), add_special_tokens=True)["input_ids"] for m in masked]
+            prefixes = [causal_prefix_ids(tok, m, self.mask, self.max_length) for m in masked]
             logits = self._next_token_logits(prefixes)
             return lambda t: nn.functional.cross_entropy(logits, t.to(logits.device))
         if self.objective == "clm_mlm_head":
-            batch = build_masked_batch(tok, masked, self.mask, self.max_length, self.head.pooling_length)
-            pooled = pooled_mask_states(self.base.model, batch, self.head.mask_embedding, self.head.pooling_length)
+            batch = build_masked_batch(
+                tok, masked, self.mask, self.max_length, self.head.pooling_length
+            )
+            pooled = pooled_mask_states(
+                self.base.model, batch, self.head.mask_embedding, self.head.pooling_length
+            )
             logits = self.head.classifier(pooled.float())  # (M, C)
             rows = batch.mask_rows.to(logits.device)
             return lambda t: nn.functional.cross_entropy(logits, t.to(logits.device)[rows])
         texts = [m.replace(self.mask, tok.mask_token) for m in masked]
-        enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
+        enc = tok(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
+        )
         enc = {k: v.to(self.base.device) for k, v in enc.items()}
         rows, cols = (enc["input_ids"] == tok.mask_token_id).nonzero(as_tuple=True)
         if len(set(rows.tolist())) != len(masked):
-            raise GradiendError(f"a masked row lost its {self.mask!r} to truncation (gradient.max_length = {self.max_length}); raise gradient.max_length or lower data.max_words.")
+            raise GradiendError(
+                f"a masked row lost its {self.mask!r} to truncation (gradient.max_length ="
+                f" {self.max_length}); raise gradient.max_length or lower data.max_words."
+            )
         logits = self.base.model(**enc).logits[rows, cols].float()  # (M, V)
         return lambda t: nn.functional.cross_entropy(logits, t.to(logits.device)[rows])
 
@@ -135,20 +160,40 @@ class GradientComputer:
             at += part.numel()
         return out
 
-    def _backward(self, losses: dict[str, Callable[[], torch.Tensor]], kinds: tuple[str, ...], where: str, texts: list[str]) -> dict[str, torch.Tensor]:
+    def _backward(
+        self,
+        losses: dict[str, Callable[[], torch.Tensor]],
+        kinds: tuple[str, ...],
+        where: str,
+        texts: list[str],
+    ) -> dict[str, torch.Tensor]:
         out = {}
         for i, kind in enumerate(kinds):
             loss = losses[kind]()
             if not torch.isfinite(loss):
-                raise GradiendError(f"{where}: the {kind} loss is {loss.item()} for example {texts[0][:80]!r}; check the base model weights and runtime.dtype (float32 is safest).")
+                raise GradiendError(
+                    f"{where}: the {kind} loss is {loss.item()} for example {texts[0][:80]!r};"
+                    " check the base model weights and runtime.dtype (float32 is safest)."
+                )
             grads = torch.autograd.grad(loss, self.tensors, retain_graph=i < len(kinds) - 1)
             vector = self._flatten(grads)
             if not torch.isfinite(vector).all():
-                raise GradiendError(f"{where}: the {kind} gradient has NaN/inf entries for example {texts[0][:80]!r}; check the base model weights and runtime.dtype (float32 is safest).")
+                raise GradiendError(
+                    f"{where}: the {kind} gradient has NaN/inf entries for example"
+                    f" {texts[0][:80]!r}; check the base model weights and runtime.dtype (float32"
+                    " is safest)."
+                )
             out[kind] = vector
         return out
 
-    def vectors(self, masked: list[str], factual: list[str], alternative: list[str], kinds: tuple[str, ...], where: str = "gradient") -> dict[str, torch.Tensor]:
+    def vectors(
+        self,
+        masked: list[str],
+        factual: list[str],
+        alternative: list[str],
+        kinds: tuple[str, ...],
+        where: str = "gradient",
+    ) -> dict[str, torch.Tensor]:
         """Batch-mean gradient vectors of the requested kinds, from one shared forward pass."""
         for kind in kinds:
             if kind not in VECTOR_KINDS:
@@ -156,22 +201,36 @@ class GradientComputer:
         loss_of = self._loss_fn(masked)
         t_f = torch.tensor([self.target_index(w) for w in factual])
         t_a = torch.tensor([self.target_index(w) for w in alternative])
-        losses = {"factual": lambda: loss_of(t_f), "alternative": lambda: loss_of(t_a), "diff": lambda: loss_of(t_f) - loss_of(t_a)}
+        losses = {
+            "factual": lambda: loss_of(t_f),
+            "alternative": lambda: loss_of(t_a),
+            "diff": lambda: loss_of(t_f) - loss_of(t_a),
+        }
         return self._backward(losses, tuple(kinds), where, masked)
 
-    def neutral_vector(self, text: str, rng: random.Random, min_prefix: int = 5) -> torch.Tensor:
-        """Factual gradient of one randomly chosen ordinary token of a neutral sentence (label 0 rows).
+    def neutral_vector(self, text: str, rng: random.Random) -> torch.Tensor:
+        """Factual gradient of one randomly chosen ordinary token of a neutral sentence (label 0
+        rows).
 
-        Causal models (both clm objectives, spec §2.5): cut at a position >= ``min_prefix`` tokens and
-        predict the next token. Masked LMs: mask one random non-special token and predict it.
+        Causal models (both clm objectives, §2.5): cut at a position >= NEUTRAL_MIN_PREFIX_TOKENS
+        and predict the next token. Masked LMs: mask one random non-special token and predict it.
         """
         tok = self.base.tokenizer
-        ids = tok(text, add_special_tokens=True, truncation=True, max_length=self.max_length)["input_ids"]
+        ids = tok(text, add_special_tokens=True, truncation=True, max_length=self.max_length)[
+            "input_ids"
+        ]
         special = set(tok.all_special_ids)
         if self.base.kind == "causal":
-            cuts = [c for c in range(min(min_prefix, len(ids) - 1), len(ids)) if c > 0 and ids[c] not in special]
+            cuts = [
+                c
+                for c in range(min(NEUTRAL_MIN_PREFIX_TOKENS, len(ids) - 1), len(ids))
+                if c > 0 and ids[c] not in special
+            ]
             if not cuts:
-                raise GradiendError(f"neutral sentence too short for a next-token target: {text[:80]!r}; raise data.min_words.")
+                raise GradiendError(
+                    f"neutral sentence too short for a next-token target: {text[:80]!r}; raise"
+                    " data.min_words."
+                )
             cut = rng.choice(cuts)
             logits = self._next_token_logits([ids[:cut]])
             target = torch.tensor([ids[cut]])
@@ -182,25 +241,25 @@ class GradientComputer:
                 raise GradiendError(f"neutral sentence has no ordinary token: {text[:80]!r}.")
             pos = rng.choice(positions)
             target = torch.tensor([ids[pos]])
-            masked_ids = torch.tensor([ids[:pos] + [tok.mask_token_id] + ids[pos + 1:]], device=self.base.device)
+            masked_ids = torch.tensor(
+                [ids[:pos] + [tok.mask_token_id] + ids[pos + 1 :]], device=self.base.device
+            )
             logits = self.base.model(input_ids=masked_ids).logits[0, pos : pos + 1].float()
             loss = lambda: nn.functional.cross_entropy(logits, target.to(logits.device))  # noqa: E731
-        return self._backward({"factual": loss}, ("factual",), "neutral encoder row", [text])["factual"]
+        return self._backward({"factual": loss}, ("factual",), "neutral encoder row", [text])[
+            "factual"
+        ]
 
 
 def needed_kinds(source: str, target: str) -> tuple[str, ...]:
-    """The vectors a training step needs, in a fixed order (source first); 'diff' costs one backward."""
+    """The vectors a training step needs, in a fixed order (source first); 'diff' costs one
+    backward."""
     return tuple(dict.fromkeys([source, target]))
 
 
-def encoder_label(factual_class: str, classes: list[str], source: str) -> int:
-    """+1 for class A, -1 for class B; negated for source 'alternative' (the label describes the fed gradient)."""
-    label = 1 if factual_class == classes[0] else -1
-    return -label if source == "alternative" else label
-
-
 def open_computer(params, base: BaseModel, space: ParamSpace) -> GradientComputer:
-    """The gradient computer for the configured objective (the pipeline's MLM head is loaded when used)."""
+    """The gradient computer for the configured objective (the pipeline's MLM head is loaded when
+    used)."""
     from gradiend_core.workspace import MLM_HEAD
 
     grad = params.gradient

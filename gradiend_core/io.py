@@ -22,7 +22,8 @@ from gradiend_core.errors import GradiendError
 
 
 def _remove_stale_temporaries(path: Path) -> None:
-    """Delete the temporaries of ``path`` that a killed earlier run left behind (SIGKILL skips ``finally``)."""
+    """Delete the temporaries of ``path`` that a killed earlier run left behind (SIGKILL skips
+    ``finally``)."""
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
@@ -32,7 +33,7 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; renamed onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path)
@@ -69,7 +70,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def _clean(obj: Any) -> Any:
-    """Make a structure JSON-safe and stable: floats stay floats, NaN/inf become None, tuples lists."""
+    """JSON-safe, stable structure: floats stay floats, NaN/inf become None, tuples lists."""
     if isinstance(obj, dict):
         return {str(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -82,7 +83,8 @@ def _clean(obj: Any) -> Any:
 
 
 def dumps_json(obj: Any) -> str:
-    """Canonical JSON text: sorted keys, two-space indent, trailing newline (byte-stable across runs)."""
+    """Canonical JSON text: sorted keys, two-space indent, trailing newline (byte-stable across
+    runs)."""
     return json.dumps(_clean(obj), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
@@ -101,6 +103,19 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
+def write_parquet(path: str | Path, frame) -> None:
+    """A DataFrame as parquet, without its index."""
+    write_with(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def write_csv(path: str | Path, table) -> None:
+    """A DataFrame, a list of records or a mapping column -> values, as CSV without an index."""
+    import pandas as pd
+
+    frame = table if isinstance(table, pd.DataFrame) else pd.DataFrame(table)
+    write_with(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
 def read_json(path: str | Path, what: str) -> Any:
     path = Path(path)
     if not path.exists():
@@ -108,11 +123,14 @@ def read_json(path: str | Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GradiendError(f"{path}: not valid JSON ({exc}); delete it and rerun dvc repro.") from exc
+        raise GradiendError(
+            f"{path}: not valid JSON ({exc}); delete it and rerun dvc repro."
+        ) from exc
 
 
 def read_parquet(path: str | Path, required_columns: list[str], what: str):
-    """Read a parquet file, failing with a one-line message if it is missing, corrupt or lacks columns."""
+    """Read a parquet file, failing with a one-line message if it is missing, corrupt or lacks
+    columns."""
     import pandas as pd
 
     path = Path(path)
@@ -122,7 +140,8 @@ def read_parquet(path: str | Path, required_columns: list[str], what: str):
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise GradiendError(
-            f"{path}: cannot be read as parquet ({type(exc).__name__}); the file is corrupt - delete it and rerun dvc repro."
+            f"{path}: cannot be read as parquet ({type(exc).__name__}); the file is corrupt -"
+            " delete it and rerun dvc repro."
         ) from exc
     check_columns(frame, required_columns, str(path))
     return frame
@@ -133,7 +152,7 @@ def check_columns(frame, required_columns: list[str], where: str) -> None:
     if missing:
         raise GradiendError(
             f"{where}: missing required column(s) {missing}; found {list(frame.columns)}. "
-            f"Add the column(s) or point the param at the right column."
+            "Add the column(s) or point the param at the right column."
         )
 
 
@@ -155,5 +174,6 @@ def load_tensors(path: str | Path, what: str) -> dict:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise GradiendError(
-            f"{path}: cannot be read as safetensors ({exc}); the file is corrupt - delete it and rerun dvc repro."
+            f"{path}: cannot be read as safetensors ({exc}); the file is corrupt - delete it and"
+            " rerun dvc repro."
         ) from exc

@@ -1,4 +1,4 @@
-"""Auxiliary MLM head for decoder-only models (spec §2.5, objective ``clm_mlm_head``).
+"""Auxiliary MLM head for decoder-only models (docs/method.md §2.5, objective ``clm_mlm_head``).
 
 A causal LM cannot see right context at the mask. The head gives it some: the mask position and the
 next ``P-1`` positions (which *do* see the mask and what follows it) are mean-pooled,
@@ -7,11 +7,13 @@ next ``P-1`` positions (which *do* see the mask and what follows it) are mean-po
     logits = W h + b                  # (C,)        C = number of target labels (e.g. he, she)
 
 and a linear classifier is trained with cross-entropy; the decoder stays frozen, so only ``W, b``
-learn. The mask itself is fed as a fixed input vector (the mean of the input-embedding matrix), so the
-vocabulary and the model are never resized and rewriting applies to the plain causal LM unchanged.
+learn. The mask itself is fed as a fixed input vector (the mean of the input-embedding matrix), so
+the vocabulary and the model are never resized and rewriting applies to the plain causal LM
+unchanged.
 
-Because the decoder is frozen and in eval mode, the pooled features do not change during head training;
-they are computed once and the classifier is fit on them (identical to running the decoder every epoch).
+Because the decoder is frozen and in eval mode, the pooled features do not change during head
+training; they are computed once and the classifier is fit on them (identical to running the decoder
+every epoch).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ from torch import nn
 
 from gradiend_core.errors import GradiendError
 from gradiend_core.io import load_tensors, read_json, save_tensors, write_json
+from gradiend_core.tokens import left_pad, tokenize_with_masks
+
+# Standard deviation of the classifier's initial weights (biases start at 0); small, so the head
+# starts near the uniform distribution over its labels.
+HEAD_INIT_STD = 0.02
 
 
 @dataclass(frozen=True)
@@ -37,45 +44,9 @@ class MaskedBatch:
     mask_cols: torch.Tensor  # (M,)  position of each mask occurrence
 
 
-def tokenize_with_masks(tokenizer, text: str, mask: str, max_length: int, keep_after: int) -> tuple[list[int], list[int]]:
-    """Token ids of ``text`` with each ``mask`` turned into one placeholder position.
-
-    Pieces are tokenized separately: the prefix with special tokens, each later piece without, keeping
-    its leading space (so " said" after a mask is the usual space-prefixed token). If the sequence is
-    longer than ``max_length`` it is cut so the first mask and ``keep_after`` tokens after it survive.
-    """
-    pieces = text.split(mask)
-    if len(pieces) < 2:
-        raise GradiendError(f"masked text has no {mask!r}: {text[:80]!r}; every row of data/examples.parquet must contain the mask (regenerate with 'dvc repro data').")
-    placeholder = tokenizer.pad_token_id
-    ids = list(tokenizer(pieces[0].rstrip(), add_special_tokens=True)["input_ids"])
-    masks = []
-    for piece in pieces[1:]:
-        masks.append(len(ids))
-        ids.append(placeholder)
-        if piece:
-            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
-    if len(ids) > max_length:
-        start = max(0, min(masks[0] + keep_after - max_length, masks[0]))
-        ids = ids[start : start + max_length]
-        masks = [m - start for m in masks if 0 <= m - start < max_length]
-    return ids, masks
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left padding with position ids that restart at 0 on each row's first real token."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if s:
-            ids[i, width - len(s):] = torch.tensor(s)
-            attn[i, width - len(s):] = 1
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    return ids, attn, pos
-
-
-def build_masked_batch(tokenizer, texts: list[str], mask: str, max_length: int, pooling_length: int) -> MaskedBatch:
+def build_masked_batch(
+    tokenizer, texts: list[str], mask: str, max_length: int, pooling_length: int
+) -> MaskedBatch:
     encoded = [tokenize_with_masks(tokenizer, t, mask, max_length, pooling_length) for t in texts]
     ids, attn, pos = left_pad([e[0] for e in encoded], tokenizer.pad_token_id)
     rows, cols = [], []
@@ -89,19 +60,26 @@ def build_masked_batch(tokenizer, texts: list[str], mask: str, max_length: int, 
 
 
 def mask_vector(model: nn.Module) -> torch.Tensor:
-    """The input vector fed at mask positions: the mean input embedding (deterministic, no new token)."""
+    """The input vector fed at mask positions: the mean input embedding (deterministic, no new
+    token)."""
     return model.get_input_embeddings().weight.detach().mean(0)
 
 
-def pooled_mask_states(model: nn.Module, batch: MaskedBatch, mask_embedding: torch.Tensor, pooling_length: int) -> torch.Tensor:
-    """(M, hidden): mean of the decoder's last hidden states over [p, p+P) for each mask occurrence."""
+def pooled_mask_states(
+    model: nn.Module, batch: MaskedBatch, mask_embedding: torch.Tensor, pooling_length: int
+) -> torch.Tensor:
+    """(M, hidden): mean of the last hidden states over [p, p+P) for each mask occurrence."""
     device = mask_embedding.device
     ids = batch.input_ids.to(device)
     embeds = model.get_input_embeddings()(ids)  # (B, T, H)
     is_mask = torch.zeros(ids.shape, dtype=torch.bool, device=device)
     is_mask[batch.mask_rows.to(device), batch.mask_cols.to(device)] = True
     embeds = torch.where(is_mask.unsqueeze(-1), mask_embedding.to(embeds.dtype), embeds)
-    hidden = model.base_model(inputs_embeds=embeds, attention_mask=batch.attention_mask.to(device), position_ids=batch.position_ids.to(device)).last_hidden_state
+    hidden = model.base_model(
+        inputs_embeds=embeds,
+        attention_mask=batch.attention_mask.to(device),
+        position_ids=batch.position_ids.to(device),
+    ).last_hidden_state
     width = ids.shape[1]
     offsets = torch.arange(pooling_length, device=device)
     cols = batch.mask_cols.to(device).unsqueeze(1) + offsets  # (M, P)
@@ -115,7 +93,9 @@ def pooled_mask_states(model: nn.Module, batch: MaskedBatch, mask_embedding: tor
 class MlmHead(nn.Module):
     """Linear classifier over the target labels on pooled mask states."""
 
-    def __init__(self, hidden_size: int, labels: list[str], pooling_length: int, mask_embedding: torch.Tensor):
+    def __init__(
+        self, hidden_size: int, labels: list[str], pooling_length: int, mask_embedding: torch.Tensor
+    ):
         super().__init__()
         self.labels = list(labels)
         self.pooling_length = pooling_length
@@ -125,13 +105,29 @@ class MlmHead(nn.Module):
     def label_index(self, word: str) -> int:
         key = word.strip().lower()
         if key not in self.labels:
-            raise GradiendError(f"target {word!r} is not a label of the MLM head {self.labels}; rerun 'dvc repro mlm_head' after changing feature.targets.")
+            raise GradiendError(
+                f"target {word!r} is not a label of the MLM head {self.labels}; rerun 'dvc repro"
+                " mlm_head' after changing feature.targets."
+            )
         return self.labels.index(key)
 
     def save(self, folder: Path, metadata: dict) -> None:
-        tensors = {"classifier.weight": self.classifier.weight.detach(), "classifier.bias": self.classifier.bias.detach(), "mask_embedding": self.mask_embedding}
+        tensors = {
+            "classifier.weight": self.classifier.weight.detach(),
+            "classifier.bias": self.classifier.bias.detach(),
+            "mask_embedding": self.mask_embedding,
+        }
         save_tensors(folder / "head.safetensors", tensors)
-        write_json(folder / "config.json", {"used": True, "labels": self.labels, "pooling_length": self.pooling_length, "hidden_size": self.classifier.in_features, **metadata})
+        write_json(
+            folder / "config.json",
+            {
+                "used": True,
+                "labels": self.labels,
+                "pooling_length": self.pooling_length,
+                "hidden_size": self.classifier.in_features,
+                **metadata,
+            },
+        )
 
     @classmethod
     def load(cls, folder: str | Path) -> MlmHead | None:
@@ -140,7 +136,12 @@ class MlmHead(nn.Module):
         if not config.get("used"):
             return None
         tensors = load_tensors(folder / "head.safetensors", "MLM head weights")
-        head = cls(config["hidden_size"], config["labels"], config["pooling_length"], tensors["mask_embedding"])
+        head = cls(
+            config["hidden_size"],
+            config["labels"],
+            config["pooling_length"],
+            tensors["mask_embedding"],
+        )
         head.classifier.weight.data.copy_(tensors["classifier.weight"])
         head.classifier.bias.data.copy_(tensors["classifier.bias"])
         return head
@@ -150,10 +151,22 @@ def head_labels(targets: dict[str, list[str]], classes: list[str]) -> list[str]:
     return [w.lower() for c in classes for w in targets[c]]
 
 
-def train_classifier(head: MlmHead, features: torch.Tensor, labels: torch.Tensor, *, epochs: int, batch_size: int, learning_rate: float, weight_decay: float, seed: int) -> list[float]:
+def train_classifier(
+    head: MlmHead,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float,
+    seed: int,
+) -> list[float]:
     """Fit the classifier on fixed features with AdamW + CE; returns the mean loss of each epoch."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(head.classifier.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(
+        head.classifier.parameters(), lr=learning_rate, weight_decay=weight_decay
+    )
     losses = []
     for _ in range(epochs):
         order = torch.randperm(len(features), generator=generator)
@@ -176,43 +189,112 @@ def accuracy(head: MlmHead, features: torch.Tensor, labels: torch.Tensor) -> flo
     return float((head.classifier(features).argmax(-1) == labels).float().mean())
 
 
+def require_causal(kind: str) -> None:
+    """The head is for decoder-only models; a masked LM has its own mask prediction."""
+    if kind != "causal":
+        raise GradiendError(
+            "params.yaml: 'gradient.objective' = 'clm_mlm_head' needs a causal (decoder-only) "
+            "model; use 'mlm' for masked LMs."
+        )
+
+
 def write_unused_record(folder: Path, objective: str) -> None:
     """The objective needs no head: say so in a record (never a fake head)."""
-    write_json(folder / "config.json", {"used": False, "reason": f"gradient.objective is {objective!r}; only 'clm_mlm_head' uses an MLM head"})
-
+    write_json(
+        folder / "config.json",
+        {
+            "used": False,
+            "reason": f"gradient.objective is {objective!r}; only 'clm_mlm_head' uses an MLM head",
+        },
+    )
 
 
 @torch.no_grad()
-def pooled_features(model: nn.Module, tokenizer, texts: list[str], mask: str, max_length: int, pooling_length: int, mask_embedding: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pooled_features(
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    mask: str,
+    max_length: int,
+    pooling_length: int,
+    mask_embedding: torch.Tensor,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled states of every mask occurrence, and the text index each belongs to."""
     from gradiend_core.runtime import progress
 
     feats, owners = [], []
     for start in progress(range(0, len(texts), batch_size), desc="pooled mask states"):
-        batch = build_masked_batch(tokenizer, texts[start : start + batch_size], mask, max_length, pooling_length)
+        batch = build_masked_batch(
+            tokenizer, texts[start : start + batch_size], mask, max_length, pooling_length
+        )
         feats.append(pooled_mask_states(model, batch, mask_embedding, pooling_length).float().cpu())
         owners.append(batch.mask_rows + start)
     return torch.cat(feats), torch.cat(owners)
 
 
-def fit_mlm_head(model: nn.Module, tokenizer, examples, classes: list[str], targets: dict[str, list[str]], mask: str, *, max_length: int, pooling_length: int,
-                 epochs: int, batch_size: int, learning_rate: float, weight_decay: float, max_per_class: int, seed: int) -> tuple[MlmHead, dict]:
-    """Train the head on the train split (capped per class), report train/validation accuracy."""
-    labels = head_labels(targets, classes)
-    head = MlmHead(model.config.hidden_size, labels, pooling_length, mask_vector(model))
-    torch.manual_seed(seed)
-    head.classifier.weight.data.normal_(0.0, 0.02)
+@dataclass(frozen=True)
+class HeadFit:
+    """A trained head, its headline metrics, and the mean training loss of each epoch."""
+
+    head: MlmHead
+    metrics: dict
+    epoch_losses: list[float]
+
+
+def fit_mlm_head(model: nn.Module, tokenizer, examples, feature, gradient, settings) -> HeadFit:
+    """Train the head on the frozen decoder's pooled states (docs/method.md §2.5).
+
+    Args:
+        model, tokenizer: the frozen causal base model.
+        examples: the masked rows (``data/examples.parquet``); the train split (at most
+            ``settings.max_per_class`` rows per class) fits the head, validation is reported.
+        feature: ``feature`` params (classes, target words, mask placeholder).
+        gradient: ``gradient`` params (``max_length``, ``pooling_length`` P: more positions see
+            more right context but dilute the mask position's own state).
+        settings: ``mlm_head`` params (epochs, batch size, AdamW learning rate and weight decay,
+            seed of the initialisation and the epoch shuffles).
+    """
+    labels = head_labels(feature.targets, feature.classes)
+    pooling = gradient.pooling_length
+    head = MlmHead(model.config.hidden_size, labels, pooling, mask_vector(model))
+    torch.manual_seed(settings.seed)
+    head.classifier.weight.data.normal_(0.0, HEAD_INIT_STD)
     head.classifier.bias.data.zero_()
     data = {}
     for split in ("train", "validation"):
-        rows = examples[examples["split"] == split].groupby("factual_class", sort=False).head(max_per_class)
-        feats, owners = pooled_features(model, tokenizer, rows["masked"].tolist(), mask, max_length, pooling_length, head.mask_embedding, batch_size)
+        rows = examples[examples["split"] == split]
+        rows = rows.groupby("factual_class", sort=False).head(settings.max_per_class)
+        feats, owners = pooled_features(
+            model,
+            tokenizer,
+            rows["masked"].tolist(),
+            feature.mask,
+            gradient.max_length,
+            pooling,
+            head.mask_embedding,
+            settings.batch_size,
+        )
         y = torch.tensor([head.label_index(w) for w in rows["factual"]])[owners]
         data[split] = (feats, y, len(rows))
-    losses = train_classifier(head, data["train"][0], data["train"][1], epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay, seed=seed)
+    losses = train_classifier(
+        head,
+        data["train"][0],
+        data["train"][1],
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        seed=settings.seed,
+    )
     metrics = {
-        "used": True, "labels": labels, "pooling_length": pooling_length,
-        "train_accuracy": accuracy(head, *data["train"][:2]), "validation_accuracy": accuracy(head, *data["validation"][:2]),
-        "train_rows": data["train"][2], "validation_rows": data["validation"][2], "final_train_loss": losses[-1], "epoch_losses": losses,
+        "used": True,
+        "labels": labels,
+        "pooling_length": pooling,
+        "train_accuracy": accuracy(head, *data["train"][:2]),
+        "validation_accuracy": accuracy(head, *data["validation"][:2]),
+        "train_rows": data["train"][2],
+        "validation_rows": data["validation"][2],
+        "final_train_loss": losses[-1],
     }
-    return head, metrics
+    return HeadFit(head, metrics, losses)

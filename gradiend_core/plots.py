@@ -1,4 +1,5 @@
-"""Every figure. PNGs are written without timestamps or version metadata, so reruns are byte-identical."""
+"""Every figure. PNGs are written without timestamps or version metadata, so reruns are byte-
+identical."""
 
 from __future__ import annotations
 
@@ -10,21 +11,38 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from gradiend_core.feature import ClassPair  # noqa: E402
 from gradiend_core.io import write_with  # noqa: E402
 
 
 def _save(fig, path: str | Path) -> None:
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None}))
+    write_with(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    )
     plt.close(fig)
 
 
-def training_curves(losses: pd.DataFrame, evals: pd.DataFrame, classes: list[str], best_step: int | None, path: str | Path) -> None:
+def training_curves(
+    losses, evals, classes: list[str], best_step: int | None, path: str | Path
+) -> None:
+    """Loss per step and validation correlation / class means per evaluation, side by side.
+
+    ``losses`` and ``evals`` are tables (DataFrames, records or column mappings) with columns
+    ``step, loss`` and ``step, correlation, mean_<class>``.
+    """
+    losses, evals = pd.DataFrame(losses), pd.DataFrame(evals)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.plot(losses["step"], losses["loss"], lw=1)
     ax1.set(xlabel="step", ylabel="MSE loss", yscale="log", title="GRADIEND reconstruction loss")
     ax2.plot(evals["step"], evals["correlation"], "k-o", ms=3, label="correlation")
     for c in classes:
-        ax2.plot(evals["step"], evals[f"mean_{c}"], "--", marker=".", label=f"mean encoding ({c} gradient)")
+        ax2.plot(
+            evals["step"],
+            evals[f"mean_{c}"],
+            "--",
+            marker=".",
+            label=f"mean encoding ({c} gradient)",
+        )
     if best_step is not None:
         ax2.axvline(best_step, color="gray", ls=":", label=f"best step {best_step}")
     ax2.set(xlabel="step", ylim=(-1.05, 1.05), title="validation")
@@ -34,28 +52,43 @@ def training_curves(losses: pd.DataFrame, evals: pd.DataFrame, classes: list[str
 
 
 def encodings(frame: pd.DataFrame, classes: list[str], path: str | Path) -> None:
+    """Box and strip plot of the encodings per source class and for neutral rows."""
     groups = [*classes, "neutral"]
     data = [frame[frame["source_class"] == g]["encoded"].to_numpy() for g in groups]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.boxplot([d if len(d) else [float("nan")] for d in data], showfliers=False)
-    ax.set_xticks(range(1, len(groups) + 1), [f"{g}\n(n={len(d)})" for g, d in zip(groups, data, strict=True)])
+    ax.set_xticks(
+        range(1, len(groups) + 1), [f"{g}\n(n={len(d)})" for g, d in zip(groups, data, strict=True)]
+    )
     for i, d in enumerate(data, start=1):
         ax.scatter([i + (j % 7 - 3) * 0.03 for j in range(len(d))], d, s=8, alpha=0.6)
     ax.axhline(0, color="gray", lw=0.5)
-    ax.set(ylabel="encoding", ylim=(-1.05, 1.05), title="GRADIEND encodings on test gradients (by class of the fed gradient)")
+    ax.set(
+        ylabel="encoding",
+        ylim=(-1.05, 1.05),
+        title="GRADIEND encodings on test gradients (by class of the fed gradient)",
+    )
     fig.tight_layout()
     _save(fig, path)
 
 
 def decoder_heatmap(grid: pd.DataFrame, classes: list[str], path: str | Path) -> None:
-    """Rows: feature factor; columns: learning rate; panels: LMS ratio and P(class) shift vs base."""
-    panels = [("lms_ratio", "LMS / base LMS")] + [(f"delta_p_{c}", f"P({c}) - base, all test rows") for c in classes]
+    """Rows: feature factor; columns: η; panels: LMS ratio and P(class) shift vs base."""
+    panels = [("lms_ratio", "LMS / base LMS")] + [
+        (f"delta_p_{c}", f"P({c}) - base, all test rows") for c in classes
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.2))
     for ax, (col, title) in zip(axes, panels, strict=True):
         table = grid.pivot(index="feature_factor", columns="learning_rate", values=col)
-        cmap, kw = ("viridis", {}) if col == "lms_ratio" else ("coolwarm", {"vmin": -abs(table.values).max(), "vmax": abs(table.values).max()})
+        cmap, kw = (
+            ("viridis", {})
+            if col == "lms_ratio"
+            else ("coolwarm", {"vmin": -abs(table.values).max(), "vmax": abs(table.values).max()})
+        )
         im = ax.imshow(table.values, aspect="auto", cmap=cmap, **kw)
-        ax.set_xticks(range(len(table.columns)), [f"{v:g}" for v in table.columns], rotation=90, fontsize=7)
+        ax.set_xticks(
+            range(len(table.columns)), [f"{v:g}" for v in table.columns], rotation=90, fontsize=7
+        )
         ax.set_yticks(range(len(table.index)), [f"{v:+g}" for v in table.index])
         ax.set(xlabel="learning rate η", ylabel="feature factor f", title=title)
         fig.colorbar(im, ax=ax)
@@ -63,18 +96,33 @@ def decoder_heatmap(grid: pd.DataFrame, classes: list[str], path: str | Path) ->
     _save(fig, path)
 
 
-def probability_shift(grid: pd.DataFrame, base: dict, classes: list[str], selection: dict, path: str | Path) -> None:
+def probability_shift(
+    grid: pd.DataFrame, base: dict, classes: list[str], selection: dict, path: str | Path
+) -> None:
     """P(class) on the other class's rows and LMS as functions of η, one line per feature factor."""
     fig, axes = plt.subplots(1, len(classes) + 1, figsize=(5 * (len(classes) + 1), 3.6))
     for ax, cls in zip(axes[:-1], classes, strict=True):
-        other = classes[1] if cls == classes[0] else classes[0]
+        other = ClassPair.of(classes).other(cls)
         for f, part in grid.groupby("feature_factor"):
-            ax.plot(part["learning_rate"], part[f"p_{cls}_on_{other}"], marker=".", label=f"f = {f:+g}")
+            ax.plot(
+                part["learning_rate"], part[f"p_{cls}_on_{other}"], marker=".", label=f"f = {f:+g}"
+            )
         ax.axhline(base["probs_by_dataset"][other][cls], color="gray", ls=":", label="base")
         chosen = selection.get(cls)
         if chosen:
-            ax.plot([chosen["learning_rate"]], [chosen["value"]], "k*", ms=12, label="selected (strengthen)")
-        ax.set(xscale="log", xlabel="learning rate η", ylabel=f"P({cls})", title=f"P({cls}) on {other} rows")
+            ax.plot(
+                [chosen["learning_rate"]],
+                [chosen["value"]],
+                "k*",
+                ms=12,
+                label="selected (strengthen)",
+            )
+        ax.set(
+            xscale="log",
+            xlabel="learning rate η",
+            ylabel=f"P({cls})",
+            title=f"P({cls}) on {other} rows",
+        )
         ax.legend(fontsize=7)
     ax = axes[-1]
     for f, part in grid.groupby("feature_factor"):

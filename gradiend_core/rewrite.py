@@ -1,60 +1,149 @@
-"""Apply a selected (f, η) to the base model and save a plain Hugging Face checkpoint (spec §8).
+"""Apply a selected (f, η) to the base model and save a plain Hugging Face checkpoint
+(docs/method.md §8).
 
-The rewrite uses exactly the edit the decoder grid measured (``WeightEditor``): θ' = θ + η·dec(f) on
-θ's kept coordinates. The result is saved with ``save_pretrained`` together with its tokenizer and a
-model card, so ``AutoModelForCausalLM.from_pretrained(folder)`` loads it with no GRADIEND code.
+The rewrite uses exactly the edit the decoder grid measured (``WeightEditor``): θ' = θ + η·dec(f)
+on θ's kept coordinates. The result is saved with ``save_pretrained`` together with its tokenizer
+and a model card, so ``AutoModelForCausalLM.from_pretrained(folder)`` loads it with no GRADIEND
+code; the reported metrics are measured on the saved files, reloaded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
+from gradiend_core.base_model import BaseModel, ParamSpace, load_base_model, save_tokenizer
+from gradiend_core.decoder_eval import LmsSet, ProbeSet, measure
 from gradiend_core.errors import GradiendError
-from gradiend_core.evaluate import WeightEditor, update_direction
+from gradiend_core.gradiend import Gradiend, GradiendContext
 from gradiend_core.io import atomic_dir, write_json
-from gradiend_core.model import Gradiend
-from gradiend_core.modeling import BaseModel, ParamSpace, save_tokenizer
+from gradiend_core.weight_edit import WeightEditor
 
 
 def selection_for(decoder_metrics: dict, target_class: str, direction: str) -> dict:
+    """The decoder grid's choice for (``target_class``, ``direction``)."""
     key = target_class if direction == "strengthen" else f"{target_class}_weaken"
     chosen = decoder_metrics.get("selection", {}).get(key)
     if chosen is None:
         raise GradiendError(
-            f"metrics/evaluate_decoder.json: the decoder grid has no point to {direction} {target_class!r} (empty grid for that feature factor); "
-            f"include both +1 and -1 in evaluate_decoder.feature_factors and rerun dvc repro."
+            f"metrics/evaluate_decoder.json: the decoder grid has no point to {direction} "
+            f"{target_class!r} (empty grid for that feature factor); include both +1 and -1 in "
+            "evaluate_decoder.feature_factors and rerun dvc repro."
         )
     return chosen
 
 
 def model_card(base_source: str, chosen: dict, context: dict, metrics: dict) -> str:
+    """README.md of the rewritten checkpoint: what was edited and what it changed."""
+    a, b = context["classes"]
+    p_row = (
+        f"| P({chosen['class']}) on {chosen['rows_of_class']} test rows |"
+        f" {metrics['target_probability_before']:.4f} | {metrics['target_probability_after']:.4f} |"
+    )
+    lms_row = (
+        f"| language-modelling score (LMS) | {metrics['lms_before']:.4f} "
+        f"| {metrics['lms_after']:.4f} |"
+    )
     lines = [
-        "---", "library_name: transformers", "tags: [gradiend, model-editing]", "---", "",
-        f"# {context['classes'][0]} / {context['classes'][1]} rewrite of {base_source}", "",
-        f"This checkpoint is `{base_source}` with its weights edited by a GRADIEND to **{chosen['direction']}** the class `{chosen['class']}`:",
-        f"θ' = θ + η·dec(f) with feature factor f = {chosen['feature_factor']:+g} and learning rate η = {chosen['learning_rate']:g}.", "",
-        f"GRADIEND objective `{context['objective']}`, source `{context['source']}`, target `{context['target']}`.", "",
-        "| measure | before | after |", "|---|---|---|",
-        f"| P({chosen['class']}) on {chosen['rows_of_class']} test rows | {metrics['target_probability_before']:.4f} | {metrics['target_probability_after']:.4f} |",
-        f"| language-modelling score (LMS) | {metrics['lms_before']:.4f} | {metrics['lms_after']:.4f} |", "",
-        "Made by the gradiend-dvc pipeline (`dvc repro`); parameters are in its params.yaml and dvc.lock.", "",
+        "---",
+        "library_name: transformers",
+        "tags: [gradiend, model-editing]",
+        "---",
+        "",
+        f"# {a} / {b} rewrite of {base_source}",
+        "",
+        (
+            f"This checkpoint is `{base_source}` with its weights edited by a GRADIEND to "
+            f"**{chosen['direction']}** the class `{chosen['class']}`:"
+        ),
+        (
+            f"θ' = θ + η·dec(f) with feature factor f = {chosen['feature_factor']:+g} and learning"
+            f" rate η = {chosen['learning_rate']:g}."
+        ),
+        "",
+        (
+            f"GRADIEND objective `{context['objective']}`, source `{context['source']}`, "
+            f"target `{context['target']}`."
+        ),
+        "",
+        "| measure | before | after |",
+        "|---|---|---|",
+        p_row,
+        lms_row,
+        "",
+        (
+            "Made by the gradiend-dvc pipeline (`dvc repro`); parameters are in its params.yaml and"
+            " dvc.lock."
+        ),
+        "",
     ]
     return "\n".join(lines)
 
 
-def write_rewritten_checkpoint(base: BaseModel, gradiend: Gradiend, space: ParamSpace, chosen: dict, out_dir: str | Path, context: dict,
-                               base_source: str, measure_saved: Callable[[Path], dict]) -> dict:
-    """Edit, save, reload-and-measure the saved files, then add the card; the folder appears only when all succeeded."""
+def rewrite_metrics(before: dict, after: dict, chosen: dict, settings, lms_ratio: float) -> dict:
+    """Before/after of the target probability and the LMS (``metrics/rewrite.json``)."""
+    dataset, target = chosen["rows_of_class"], settings.target_class
+    p_before = before["probs_by_dataset"][dataset][target]
+    p_after = after["probs_by_dataset"][dataset][target]
+    moved = p_after - p_before
+    return {
+        "target_class": target,
+        "direction": settings.direction,
+        "rows_of_class": dataset,
+        "feature_factor": chosen["feature_factor"],
+        "learning_rate": chosen["learning_rate"],
+        "target_probability_before": p_before,
+        "target_probability_after": p_after,
+        "probs_by_dataset_before": before["probs_by_dataset"],
+        "probs_by_dataset_after": after["probs_by_dataset"],
+        "lms_before": before["lms"],
+        "lms_after": after["lms"],
+        "lms_ratio": after["lms"] / before["lms"],
+        "lms_constraint_met": after["lms"] >= lms_ratio * before["lms"],
+        "moved_in_requested_direction": bool(
+            moved > 0 if settings.direction == "strengthen" else moved < 0
+        ),
+    }
+
+
+def rewrite_checkpoint(
+    base: BaseModel,
+    gradiend: Gradiend,
+    space: ParamSpace,
+    context: GradiendContext,
+    chosen: dict,
+    probe: ProbeSet,
+    lms_set: LmsSet,
+    *,
+    settings,
+    decoder,
+    runtime,
+    base_source: str,
+    out_dir: str | Path,
+) -> dict:
+    """Edit θ by the chosen point, save the checkpoint, reload it and measure (§8).
+
+    Args:
+        settings: ``rewrite`` params (``target_class``, ``direction``).
+        decoder: ``evaluate_decoder`` params (``batch_size`` and the ``lms_ratio`` constraint the
+            saved model is checked against).
+        runtime: ``runtime`` params (device and dtype of the reloaded checkpoint).
+    The folder appears only when saving, measuring and the model card all succeeded.
+    """
+    before = measure(base, probe, lms_set, decoder.batch_size)
     editor = WeightEditor(base.model, space)
     with atomic_dir(out_dir) as tmp:
-        editor.apply(chosen["learning_rate"] * update_direction(gradiend, chosen["feature_factor"]))
+        editor.apply_gradiend(gradiend, chosen["feature_factor"], chosen["learning_rate"])
         try:
             base.model.save_pretrained(tmp)
             save_tokenizer(base.tokenizer, tmp)
         finally:
             editor.restore()
-        metrics = measure_saved(tmp)
-        (tmp / "README.md").write_text(model_card(base_source, chosen, context, metrics), encoding="utf-8")
-        write_json(tmp / "gradiend_rewrite.json", {"selection": chosen, "context": context})
+        saved = load_base_model(tmp, runtime.device, runtime.dtype)
+        after = measure(saved, probe, lms_set, decoder.batch_size)
+        metrics = rewrite_metrics(before, after, chosen, settings, decoder.lms_ratio)
+        card = model_card(base_source, chosen, context.__dict__, metrics)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        write_json(
+            tmp / "gradiend_rewrite.json", {"selection": chosen, "context": context.__dict__}
+        )
     return metrics

@@ -37,7 +37,10 @@ def configure_torch(num_threads: int, device: str = "cpu") -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise GradiendError(f"params.yaml: 'runtime.device' = {device!r} but no CUDA device is visible; use 'cpu'.")
+            raise GradiendError(
+                f"params.yaml: 'runtime.device' = {device!r} but no CUDA device is visible; use"
+                " 'cpu'."
+            )
         torch.backends.cudnn.benchmark = False
         torch.backends.cuda.matmul.allow_tf32 = False
 
@@ -60,7 +63,15 @@ def setup_logging(stage: str) -> Path:
     for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(log_file, mode="a")):
         handler.setFormatter(fmt)
         root.addHandler(handler)
-    for noisy in ("transformers", "datasets", "huggingface_hub", "matplotlib", "filelock", "urllib3", "httpx"):
+    for noisy in (
+        "transformers",
+        "datasets",
+        "huggingface_hub",
+        "matplotlib",
+        "filelock",
+        "urllib3",
+        "httpx",
+    ):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     return log_file
 
@@ -84,4 +95,6 @@ def progress(iterable=None, **kwargs):
     """tqdm progress bar on stderr; disabled when GRADIEND_NO_PROGRESS is set (tests)."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, disable=bool(os.environ.get("GRADIEND_NO_PROGRESS")), dynamic_ncols=True, **kwargs)
+    return tqdm(
+        iterable, disable=bool(os.environ.get("GRADIEND_NO_PROGRESS")), dynamic_ncols=True, **kwargs
+    )

@@ -26,4 +26,3 @@ def gradiend_dir(seed: int) -> Path:
 
 def train_metrics(seed: int) -> Path:
     return METRICS / "train" / f"seed_{seed}.json"
-

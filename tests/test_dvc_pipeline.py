@@ -1,8 +1,9 @@
-"""The DVC pipeline end to end on the tiny fixtures: repro, no-op, metrics, experiments, hermetic stages,
-byte-for-byte reproducibility, recovery from an interrupted stage and the other gradient objectives.
+"""The DVC pipeline end to end on the tiny fixtures: repro, no-op, metrics, experiments, hermetic
+stages, byte-for-byte reproducibility, recovery from an interrupted stage and the other gradient
+objectives.
 
-Every run happens in a temporary copy of this checkout (see ``pipeline_support``) with tiny params; the
-checkout itself is never touched.
+Every run happens in a temporary copy of this checkout (see ``pipeline_support``) with tiny params;
+the checkout itself is never touched.
 """
 
 from __future__ import annotations
@@ -34,8 +35,15 @@ from pipeline_support import (
     write_params,
 )
 
-METRIC_FILES = ["metrics/data.json", "metrics/mlm_head.json", "metrics/pre_prune.json", "metrics/select.json",
-                "metrics/evaluate_encoder.json", "metrics/evaluate_decoder.json", "metrics/rewrite.json"]
+METRIC_FILES = [
+    "metrics/data.json",
+    "metrics/mlm_head.json",
+    "metrics/pre_prune.json",
+    "metrics/select.json",
+    "metrics/evaluate_encoder.json",
+    "metrics/evaluate_decoder.json",
+    "metrics/rewrite.json",
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +71,26 @@ def lock(repo: Path) -> dict:
 def test_every_stage_ran_and_the_lock_has_exactly_those_stages(repo):
     names = stage_names(repo)
     seeds = read_params(repo)["train"]["seeds"]
-    expected = ["base_model", "data", "mlm_head", "pre_prune", *[f"train@{s}" for s in seeds], "select", "evaluate_encoder", "evaluate_decoder", "rewrite"]
+    expected = [
+        "base_model",
+        "data",
+        "mlm_head",
+        "pre_prune",
+        *[f"train@{s}" for s in seeds],
+        "select",
+        "evaluate_encoder",
+        "evaluate_decoder",
+        "rewrite",
+    ]
     assert sorted(names) == sorted(expected)
     ran = re.findall(r"Running stage '([^']+)'", REPRO_LOGS["first"])
     assert sorted(ran) == sorted(names)
     assert sorted(lock(repo)["stages"]) == sorted(names)
     for name, entry in lock(repo)["stages"].items():
         for out in entry.get("outs", []):
-            assert (repo / out["path"]).exists(), f"{name}: {out['path']} is in dvc.lock but missing"
+            assert (repo / out["path"]).exists(), (
+                f"{name}: {out['path']} is in dvc.lock but missing"
+            )
 
 
 def test_status_is_clean_and_a_second_repro_runs_nothing(repo):
@@ -98,7 +118,10 @@ def test_encoder_and_rewrite_metrics_have_their_headline_values(repo):
     rewrite = json.loads((repo / "metrics/rewrite.json").read_text())
     for key in ("lms_ratio", "target_probability_before", "target_probability_after"):
         assert isinstance(rewrite[key], float), key
-    assert 0.0 <= rewrite["target_probability_before"] <= 1.0 and 0.0 <= rewrite["target_probability_after"] <= 1.0
+    assert (
+        0.0 <= rewrite["target_probability_before"] <= 1.0
+        and 0.0 <= rewrite["target_probability_after"] <= 1.0
+    )
     assert rewrite["lms_ratio"] > 0
     assert json.loads((repo / "metrics/mlm_head.json").read_text())["used"] is True
 
@@ -117,7 +140,9 @@ def test_rewritten_model_loads_with_transformers_and_differs_only_on_the_paramet
     assert new.keys() == old.keys()
     changed = {name for name in new if not torch.equal(new[name], old[name])}
     assert changed, "the rewrite changed no weight"
-    assert changed <= space, f"weights outside models/selected/param_space.json changed: {sorted(changed - space)}"
+    assert changed <= space, (
+        f"weights outside models/selected/param_space.json changed: {sorted(changed - space)}"
+    )
 
 
 def test_exp_run_with_a_new_learning_rate_reruns_training_and_changes_train_metrics(repo, tmp_path):
@@ -127,12 +152,19 @@ def test_exp_run_with_a_new_learning_rate_reruns_training_and_changes_train_metr
     seeds = read_params(exp)["train"]["seeds"]
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     assert {f"train@{s}" for s in seeds} <= ran, out
-    assert not ran & {"base_model", "data", "mlm_head", "pre_prune"}, f"upstream stages reran: {ran}"
+    assert not ran & {
+        "base_model",
+        "data",
+        "mlm_head",
+        "pre_prune",
+    }, f"upstream stages reran: {ran}"
     stages = lock(exp)["stages"]
     for s in seeds:
         assert stages[f"train@{s}"]["params"]["params.yaml"]["train.learning_rate"] == 0.02
     diff = json.loads(dvc(exp, "metrics", "diff", "--json").stdout)
-    assert any(path.startswith("metrics/train/") for path in diff), f"no train metric changed: {diff}"
+    assert any(path.startswith("metrics/train/") for path in diff), (
+        f"no train metric changed: {diff}"
+    )
     assert json.loads(dvc(exp, "status", "--json").stdout) == {}
 
 
@@ -158,9 +190,13 @@ def stage_specs(repo: Path) -> list[StageSpec]:
         with Repo(".") as r:
             specs = []
             for st in r.index.stages:
-                params = tuple(k for d in st.deps if isinstance(d, ParamsDependency) for k in (d.params or []))
+                params = tuple(
+                    k for d in st.deps if isinstance(d, ParamsDependency) for k in d.params or []
+                )
                 deps = tuple(d.def_path for d in st.deps if not isinstance(d, ParamsDependency))
-                specs.append(StageSpec(st.name, st.cmd, deps, params, tuple(o.def_path for o in st.outs)))
+                specs.append(
+                    StageSpec(st.name, st.cmd, deps, params, tuple(o.def_path for o in st.outs))
+                )
             return specs
     finally:
         os.chdir(cwd)
@@ -202,25 +238,48 @@ def check_hermetic(repo: Path, spec: StageSpec, box: Path) -> list[str]:
     before = all_files(box)
     result = run_shell(spec.cmd, box)
     if result.returncode != 0:
-        return [f"{spec.name}: exit {result.returncode} in a sandbox with only its declared deps/params:\n{result.stderr[-3000:]}"]
-    problems = [f"{spec.name}: declared out {o} was not written" for o in spec.outs if not (box / o).exists()]
+        return [
+            f"{spec.name}: exit {result.returncode} in a sandbox with only its declared"
+            f" deps/params:\n{result.stderr[-3000:]}"
+        ]
+    problems = [
+        f"{spec.name}: declared out {o} was not written"
+        for o in spec.outs
+        if not (box / o).exists()
+    ]
 
     def allowed(path: str) -> bool:
-        return path.startswith("logs/") or "__pycache__/" in path or any(path == o or path.startswith(o + "/") for o in spec.outs)
+        return (
+            path.startswith("logs/")
+            or "__pycache__/" in path
+            or any(path == o or path.startswith(o + "/") for o in spec.outs)
+        )
 
-    problems += [f"{spec.name}: wrote undeclared file {p}" for p in sorted(all_files(box) - before) if not allowed(p)]
+    problems += [
+        f"{spec.name}: wrote undeclared file {p}"
+        for p in sorted(all_files(box) - before)
+        if not allowed(p)
+    ]
     if file_hashes(box, spec.deps) != deps_before:
         problems.append(f"{spec.name}: modified one of its deps")
     produced = file_hashes(box, spec.outs)
-    problems += [f"{spec.name}: {p} differs from the full dvc repro run" for p, h in produced.items() if file_hashes(repo, [p]).get(p) != h]
+    problems += [
+        f"{spec.name}: {p} differs from the full dvc repro run"
+        for p, h in produced.items()
+        if file_hashes(repo, [p]).get(p) != h
+    ]
     return problems
 
 
 def test_each_stage_runs_with_only_its_declared_deps_and_params(repo, tmp_path):
     specs = stage_specs(repo)
     assert len(specs) == len(stage_names(repo))
-    with ThreadPoolExecutor(max_workers=2) as pool:  # stage runs are import-bound and single-threaded
-        results = list(pool.map(lambda s: check_hermetic(repo, s, tmp_path / s.name.replace("@", "_")), specs))
+    with ThreadPoolExecutor(
+        max_workers=2
+    ) as pool:  # stage runs are import-bound and single-threaded
+        results = list(
+            pool.map(lambda s: check_hermetic(repo, s, tmp_path / s.name.replace("@", "_")), specs)
+        )
     problems = [p for r in results for p in r]
     assert not problems, "\n".join(problems)
 
@@ -259,27 +318,42 @@ def interrupt_during_a_write(proc, watched: list[Path], sig: signal.Signals) -> 
     """Send ``sig`` to dvc and its stage command as soon as an atomic write is in progress."""
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
-        if any(p.name.startswith(".") and p.name.endswith(".tmp") for d in watched if d.exists() for p in d.iterdir()):
+        if any(
+            p.name.startswith(".") and p.name.endswith(".tmp")
+            for d in watched
+            if d.exists()
+            for p in d.iterdir()
+        ):
             break
         time.sleep(0.002)
-    assert proc.poll() is None, f"the stage ended before it could be interrupted:\n{proc.communicate()[0][-3000:]}"
+    assert proc.poll() is None, (
+        f"the stage ended before it could be interrupted:\n{proc.communicate()[0][-3000:]}"
+    )
     os.killpg(proc.pid, sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, out[-3000:]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl_c", "kill_9"])
-def test_a_stage_interrupted_while_writing_leaves_no_partial_output_and_repro_recovers(repo, tmp_path, sig):
+def test_a_stage_interrupted_while_writing_leaves_no_partial_output_and_repro_recovers(
+    repo, tmp_path, sig
+):
     work = copy_repo(repo, tmp_path / "interrupted")
     params = read_params(work)
     params["train"]["max_steps"] = 4  # new params: no run-cache entry, so the stage really runs
     write_params(work, params)
     proc = start_dvc(work, "repro", "train@0")
-    interrupt_during_a_write(proc, [work / "models/gradiend", work / "plots/train/seed_0", work / "metrics/train"], sig)
+    interrupt_during_a_write(
+        proc, [work / "models/gradiend", work / "plots/train/seed_0", work / "metrics/train"], sig
+    )
     leftovers = temp_leftovers(work)
     if sig == signal.SIGINT:
         assert leftovers == [], "Ctrl-C must clean up the temporaries of atomic writes"
-    after_kill = {p: h for p, h in file_hashes(work).items() if not any(p == t or p.startswith(t + "/") for t in leftovers)}
+    after_kill = {
+        p: h
+        for p, h in file_hashes(work).items()
+        if not any(p == t or p.startswith(t + "/") for t in leftovers)
+    }
 
     out = dvc(work, "repro", "train@0").stdout
     assert "Running stage 'train@0'" in out, out
@@ -287,7 +361,9 @@ def test_a_stage_interrupted_while_writing_leaves_no_partial_output_and_repro_re
     assert temp_leftovers(work) == [], "the rerun must delete the temporaries of the killed run"
     final = file_hashes(work)
     partial = sorted(p for p, h in after_kill.items() if final.get(p) != h)
-    assert not partial, f"files at output paths after the interruption are not the complete outputs: {partial}"
+    assert not partial, (
+        f"files at output paths after the interruption are not the complete outputs: {partial}"
+    )
     assert json.loads((work / "metrics/train/seed_0.json").read_text())["steps"] == 4
 
 
@@ -295,14 +371,28 @@ def test_a_stage_interrupted_while_writing_leaves_no_partial_output_and_repro_re
 
 
 @pytest.fixture(scope="module")
-def objective_repos(tmp_path_factory, tiny_causal_dir, tiny_bert_dir, tiny_corpus) -> dict[str, tuple[Path, int, str]]:
-    """clm_next_token (tiny Llama) and mlm (tiny BERT) repositories, each reproduced up to train@0, concurrently."""
+def objective_repos(
+    tmp_path_factory, tiny_causal_dir, tiny_bert_dir, tiny_corpus
+) -> dict[str, tuple[Path, int, str]]:
+    """clm_next_token (tiny Llama) and mlm (tiny BERT) repositories, each reproduced up to train@0,
+    concurrently."""
     root = tmp_path_factory.mktemp("objectives")
     variants = {
-        "clm_next_token": tiny_params(tiny_causal_dir, tiny_corpus, gradient={"objective": "clm_next_token", "first_layer": None, "max_length": 32}),
-        "mlm": tiny_params(tiny_bert_dir, tiny_corpus, gradient={"objective": "mlm", "first_layer": None, "max_length": 32}),
+        "clm_next_token": tiny_params(
+            tiny_causal_dir,
+            tiny_corpus,
+            gradient={"objective": "clm_next_token", "first_layer": None, "max_length": 32},
+        ),
+        "mlm": tiny_params(
+            tiny_bert_dir,
+            tiny_corpus,
+            gradient={"objective": "mlm", "first_layer": None, "max_length": 32},
+        ),
     }
-    procs = {name: start_dvc(make_repo(root / name, params), "repro", "train@0") for name, params in variants.items()}
+    procs = {
+        name: start_dvc(make_repo(root / name, params), "repro", "train@0")
+        for name, params in variants.items()
+    }
     results = {}
     for name, proc in procs.items():
         out, _ = proc.communicate(timeout=900)
@@ -317,9 +407,16 @@ def check_objective_run(repo: Path, returncode: int, out: str, objective: str) -
     assert not ran & {"select", "evaluate_encoder", "evaluate_decoder", "rewrite"}
     report = json.loads((repo / "metrics/train/seed_0.json").read_text())
     assert report["seed"] == 0 and report["input_dim"] > 0
-    assert json.loads((repo / "models/gradiend/seed_0/config.json").read_text())["context"]["objective"] == objective
+    assert (
+        json.loads((repo / "models/gradiend/seed_0/config.json").read_text())["context"][
+            "objective"
+        ]
+        == objective
+    )
     assert (repo / "models/gradiend/seed_0/model.safetensors").stat().st_size > 0
-    assert lock(repo)["stages"]["train@0"]["params"]["params.yaml"]["gradient.objective"] == objective
+    assert (
+        lock(repo)["stages"]["train@0"]["params"]["params.yaml"]["gradient.objective"] == objective
+    )
 
 
 def test_clm_next_token_objective_records_an_unused_head_and_trains(objective_repos):
@@ -327,7 +424,10 @@ def test_clm_next_token_objective_records_an_unused_head_and_trains(objective_re
     check_objective_run(repo, returncode, out, "clm_next_token")
     assert json.loads((repo / "models/mlm_head/config.json").read_text())["used"] is False
     assert not (repo / "models/mlm_head/head.safetensors").exists()
-    assert json.loads((repo / "metrics/mlm_head.json").read_text()) == {"objective": "clm_next_token", "used": False}
+    assert json.loads((repo / "metrics/mlm_head.json").read_text()) == {
+        "objective": "clm_next_token",
+        "used": False,
+    }
 
 
 def test_mlm_objective_on_a_masked_lm_trains(objective_repos):

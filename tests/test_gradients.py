@@ -1,26 +1,28 @@
-"""Objectives -> flat gradient vectors (spec §2-§3), each pinned against a hand-built autograd reference.
+"""Objectives -> flat gradient vectors (docs/method.md §2-§3), each pinned against a hand-built
+autograd reference.
 
-The fixtures' tokenizers are word-level and split on whitespace, so the references build token ids from
+The fixtures' tokenizers are word-level and split on whitespace, so the references build token ids
+from
 ``str.split()`` directly instead of going through the code under test.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
 
+from gradiend_core.base_model import select_param_space
 from gradiend_core.errors import GradiendError
+from gradiend_core.feature import ClassPair
 from gradiend_core.gradients import (
     GradientComputer,
-    encoder_label,
     needed_kinds,
-    prefix_before_mask,
-    require_single_token,
-    single_token_id,
 )
 from gradiend_core.mlm_head import MlmHead, build_masked_batch, pooled_mask_states
-from gradiend_core.modeling import select_param_space
+from gradiend_core.tokens import prefix_before_mask, require_single_token, single_token_id
 
 MASK = "[MASK]"
 EX1 = "My brother said that [MASK] was very tired after the long day at work ."
@@ -48,7 +50,8 @@ def flat_grad(loss: torch.Tensor, tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def ref_clm_next_token(base, space, masked: str, word: str) -> torch.Tensor:
-    """CE of the logits at the last prefix token against the token id of ``word`` (unpadded, batch of one)."""
+    """CE of the logits at the last prefix token against the token id of ``word`` (unpadded, batch
+    of one)."""
     prefix = masked.split(MASK)[0].split()
     ids = torch.tensor([word_ids(base.tokenizer, prefix)])
     target = torch.tensor(word_ids(base.tokenizer, [word]))
@@ -68,17 +71,30 @@ def ref_mlm(base, space, masked: str, word: str) -> torch.Tensor:
 
 
 def full_space(base, exclude_embeddings: bool = True, first_layer=None):
-    return select_param_space(base.model, ["*"], [], exclude_embeddings, first_layer, None)
+    gradient = SimpleNamespace(
+        include=["*"],
+        exclude=[],
+        exclude_embeddings=exclude_embeddings,
+        first_layer=first_layer,
+        last_layer=None,
+    )
+    return select_param_space(base.model, gradient)
 
 
 # ---- clm_next_token ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("exclude_embeddings", "first_layer"), [(True, None), (False, None), (True, 1)])
-def test_clm_next_token_single_example_matches_reference(causal_base, exclude_embeddings, first_layer):
+@pytest.mark.parametrize(
+    ("exclude_embeddings", "first_layer"), [(True, None), (False, None), (True, 1)]
+)
+def test_clm_next_token_single_example_matches_reference(
+    causal_base, exclude_embeddings, first_layer
+):
     space = full_space(causal_base, exclude_embeddings, first_layer)
     if not exclude_embeddings:  # tied input/output matrix: once, under the embedding name
-        assert "model.embed_tokens.weight" in space.names and not any(n.startswith("lm_head") for n in space.names)
+        assert "model.embed_tokens.weight" in space.names and not any(
+            n.startswith("lm_head") for n in space.names
+        )
     if first_layer == 1:
         assert not any(".layers.0." in n for n in space.names)
     expected_f = ref_clm_next_token(causal_base, space, EX1, "he")
@@ -96,8 +112,15 @@ def test_clm_next_token_single_example_matches_reference(causal_base, exclude_em
 def test_clm_next_token_only_reads_the_text_before_the_first_mask(causal_base):
     space = full_space(causal_base)
     computer = GradientComputer(causal_base, space, "clm_next_token", MASK, max_length=64)
-    a = computer.vectors(["My brother said that [MASK] was tired ."], ["he"], ["she"], ("factual",))["factual"]
-    b = computer.vectors(["My brother said that   [MASK] liked the river and [MASK] walked ."], ["he"], ["she"], ("factual",))["factual"]
+    a = computer.vectors(
+        ["My brother said that [MASK] was tired ."], ["he"], ["she"], ("factual",)
+    )["factual"]
+    b = computer.vectors(
+        ["My brother said that   [MASK] liked the river and [MASK] walked ."],
+        ["he"],
+        ["she"],
+        ("factual",),
+    )["factual"]
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
@@ -113,7 +136,10 @@ def test_clm_next_token_left_padded_batch_is_the_mean_of_single_examples(causal_
     for kind in kinds:
         torch.testing.assert_close(batch[kind], (one[kind] + two[kind]) / 2, atol=ATOL, rtol=1e-4)
     # Independent reference for the batch: mean of the two hand-built single-example gradients.
-    ref = (ref_clm_next_token(causal_base, space, short, "he") + ref_clm_next_token(causal_base, space, EX2, "she")) / 2
+    ref = (
+        ref_clm_next_token(causal_base, space, short, "he")
+        + ref_clm_next_token(causal_base, space, EX2, "she")
+    ) / 2
     torch.testing.assert_close(batch["factual"], ref, atol=ATOL, rtol=1e-4)
 
 
@@ -149,17 +175,21 @@ def test_nan_weight_is_reported_with_the_example(causal_base):
     with pytest.raises(GradiendError) as exc:
         computer.vectors([EX1], ["he"], ["she"], ("factual",), where="train step 3")
     message = str(exc.value)
-    assert "train step 3" in message and "My brother said that" in message and "nan" in message.lower()
+    assert (
+        "train step 3" in message and "My brother said that" in message and "nan" in message.lower()
+    )
     assert "\n" not in message
 
 
 def test_empty_left_context_is_an_error(causal_base):
-    computer = GradientComputer(causal_base, full_space(causal_base), "clm_next_token", MASK, max_length=64)
+    computer = GradientComputer(
+        causal_base, full_space(causal_base), "clm_next_token", MASK, max_length=64
+    )
     with pytest.raises(GradiendError, match="left context"):
         computer.vectors(["[MASK] was very tired ."], ["he"], ["she"], ("factual",))
 
 
-# ---- mlm -------------------------------------------------------------------------------------------
+# ---- mlm -----------------------------------------------------------------------------------------
 
 
 def test_mlm_single_example_matches_reference(bert_base):
@@ -167,7 +197,10 @@ def test_mlm_single_example_matches_reference(bert_base):
     assert all(n.startswith("bert.") for n in space.names)  # the cls.* head is never part of θ
     computer = GradientComputer(bert_base, space, "mlm", MASK, max_length=64)
     got = computer.vectors([EX1], ["he"], ["she"], ("factual", "alternative", "diff"))
-    expected_f, expected_a = ref_mlm(bert_base, space, EX1, "he"), ref_mlm(bert_base, space, EX1, "she")
+    expected_f, expected_a = (
+        ref_mlm(bert_base, space, EX1, "he"),
+        ref_mlm(bert_base, space, EX1, "she"),
+    )
     torch.testing.assert_close(got["factual"], expected_f, atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(got["alternative"], expected_a, atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(got["diff"], expected_f - expected_a, atol=ATOL, rtol=1e-4)
@@ -178,7 +211,9 @@ def test_mlm_two_masks_and_padded_batch(bert_base):
     computer = GradientComputer(bert_base, space, "mlm", MASK, max_length=64)
     two_masks = "My friend said [MASK] was tired and [MASK] walked ."
     got = computer.vectors([two_masks], ["she"], ["he"], ("factual",))["factual"]
-    torch.testing.assert_close(got, ref_mlm(bert_base, space, two_masks, "she"), atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(
+        got, ref_mlm(bert_base, space, two_masks, "she"), atol=ATOL, rtol=1e-4
+    )
     # A right-padded batch of two one-mask rows of different lengths: the mean over the two masks.
     short = "My friend said [MASK] was tired ."
     batch = computer.vectors([short, EX2], ["he", "she"], ["she", "he"], ("factual",))["factual"]
@@ -206,7 +241,8 @@ def make_head(base, pooling_length: int = 3, seed: int = 1) -> MlmHead:
 
 
 def manual_pooled(base, masked: str, pooling_length: int) -> torch.Tensor:
-    """Mean of the last hidden states at the mask and the next P-1 positions (one unpadded row, grad kept)."""
+    """Mean of the last hidden states at the mask and the next P-1 positions (one unpadded row, grad
+    kept)."""
     tok = base.tokenizer
     words = masked.split()
     positions = [i for i, w in enumerate(words) if w == MASK]
@@ -218,7 +254,7 @@ def manual_pooled(base, masked: str, pooling_length: int) -> torch.Tensor:
 
 
 def ref_head(base, space, head: MlmHead, masked: str, word: str) -> torch.Tensor:
-    """CE of the head's logits on the manually pooled states of every mask against ``word``'s label."""
+    """CE of the head's logits on the hand-pooled states of every mask against ``word``'s label."""
     logits = head.classifier(manual_pooled(base, masked, head.pooling_length))
     target = torch.tensor([["he", "she"].index(word.lower())] * logits.shape[0])
     return flat_grad(nn.functional.cross_entropy(logits, target), space_tensors(base.model, space))
@@ -228,8 +264,13 @@ def test_clm_mlm_head_matches_reference(causal_base):
     space = full_space(causal_base)
     head = make_head(causal_base)
     computer = GradientComputer(causal_base, space, "clm_mlm_head", MASK, max_length=64, head=head)
-    for masked, factual, alternative in ((EX1, "he", "she"), ("My friend said [MASK] was tired and [MASK] walked .", "She", "He")):
-        got = computer.vectors([masked], [factual], [alternative], ("factual", "alternative", "diff"))
+    for masked, factual, alternative in (
+        (EX1, "he", "she"),
+        ("My friend said [MASK] was tired and [MASK] walked .", "She", "He"),
+    ):
+        got = computer.vectors(
+            [masked], [factual], [alternative], ("factual", "alternative", "diff")
+        )
         expected_f = ref_head(causal_base, space, head, masked, factual)
         expected_a = ref_head(causal_base, space, head, masked, alternative)
         assert expected_f.abs().max() > 0
@@ -241,7 +282,10 @@ def test_clm_mlm_head_matches_reference(causal_base):
 def test_pooled_mask_states_pools_exactly_the_mask_and_the_next_positions(causal_base):
     tok, model = causal_base.tokenizer, causal_base.model
     pooling = 3
-    texts = ["My friend said [MASK] was tired .", "The old man believed that [MASK] had found the lost keys in the [MASK] ."]
+    texts = [
+        "My friend said [MASK] was tired .",
+        "The old man believed that [MASK] had found the lost keys in the [MASK] .",
+    ]
     head = make_head(causal_base, pooling)
     batch = build_masked_batch(tok, texts, MASK, 64, pooling)
     # Two rows, left padded; masks at the right places.
@@ -255,34 +299,54 @@ def test_pooled_mask_states_pools_exactly_the_mask_and_the_next_positions(causal
         got = pooled_mask_states(model, batch, head.mask_embedding, pooling)
         embeds = model.get_input_embeddings()(batch.input_ids)
         embeds[batch.mask_rows, batch.mask_cols] = head.mask_embedding
-        hidden = model.model(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids).last_hidden_state
-        manual = torch.stack([hidden[r, c : c + pooling].mean(0) for r, c in zip(batch.mask_rows.tolist(), batch.mask_cols.tolist(), strict=True)])
+        hidden = model.model(
+            inputs_embeds=embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+        ).last_hidden_state
+        manual = torch.stack(
+            [
+                hidden[r, c : c + pooling].mean(0)
+                for r, c in zip(batch.mask_rows.tolist(), batch.mask_cols.tolist(), strict=True)
+            ]
+        )
         assert got.shape == (3, model.config.hidden_size)
         torch.testing.assert_close(got, manual, atol=1e-6, rtol=1e-5)
         # The last mask has only one following token ('.'): the window is cut at the end of the row.
         torch.testing.assert_close(got[2], hidden[1, -2:].mean(0), atol=1e-6, rtol=1e-5)
-        # Padding does not change the result: each row alone, unpadded, gives the same pooled states.
+        # Padding does not change the result: each row alone, unpadded, gives the same pooled
+        # states.
         alone = torch.cat([manual_pooled(causal_base, t, pooling) for t in texts])
         torch.testing.assert_close(got, alone, atol=ATOL, rtol=1e-4)
         # A different window gives a different result (the pooling length is really used).
-        assert not torch.allclose(got, pooled_mask_states(model, batch, head.mask_embedding, 1), atol=1e-4)
+        assert not torch.allclose(
+            got, pooled_mask_states(model, batch, head.mask_embedding, 1), atol=1e-4
+        )
 
 
-# ---- targets, objectives, labels -------------------------------------------------------------------
+# ---- targets, objectives, labels -----------------------------------------------------------------
 
 
 def test_single_token_rules(causal_base, bert_base):
     tok = causal_base.tokenizer
     assert single_token_id(tok, "he", "causal") == tok.convert_tokens_to_ids("he")
     assert single_token_id(tok, "he she", "causal") is None
-    assert single_token_id(tok, "HE", "causal") is None  # out of vocabulary: the unk token is not a token of 'he'
+    assert (
+        single_token_id(tok, "HE", "causal") is None
+    )  # out of vocabulary: the unk token is not a token of 'he'
     assert single_token_id(bert_base.tokenizer, "SHE", "masked") is None
     with pytest.raises(GradiendError, match="'zyzzyva'"):
         require_single_token(tok, "zyzzyva", "causal")
     # A casing variant that is no token falls back to the lower-case class word.
-    computer = GradientComputer(causal_base, full_space(causal_base), "clm_next_token", MASK, max_length=64)
-    assert [computer.target_index(w) for w in ("he", "He", "HE")] == tok.convert_tokens_to_ids(["he", "He", "he"])
-    assert require_single_token(bert_base.tokenizer, "she", "masked") == bert_base.tokenizer.convert_tokens_to_ids("she")
+    computer = GradientComputer(
+        causal_base, full_space(causal_base), "clm_next_token", MASK, max_length=64
+    )
+    assert [computer.target_index(w) for w in ("he", "He", "HE")] == tok.convert_tokens_to_ids(
+        ["he", "He", "he"]
+    )
+    assert require_single_token(
+        bert_base.tokenizer, "she", "masked"
+    ) == bert_base.tokenizer.convert_tokens_to_ids("she")
     with pytest.raises(GradiendError) as exc:
         require_single_token(tok, "he she", "causal")
     assert "'he she'" in str(exc.value) and "single token" in str(exc.value)
@@ -299,9 +363,18 @@ def test_objective_must_fit_the_model(causal_base, bert_base):
         GradientComputer(causal_base, full_space(causal_base), "mlm", MASK, max_length=64)
     for objective in ("clm_next_token", "clm_mlm_head"):
         with pytest.raises(GradiendError, match="needs a causal"):
-            GradientComputer(bert_base, full_space(bert_base), objective, MASK, max_length=64, head=make_head(causal_base))
+            GradientComputer(
+                bert_base,
+                full_space(bert_base),
+                objective,
+                MASK,
+                max_length=64,
+                head=make_head(causal_base),
+            )
     with pytest.raises(GradiendError, match="no trained head"):
-        GradientComputer(causal_base, full_space(causal_base), "clm_mlm_head", MASK, max_length=64, head=None)
+        GradientComputer(
+            causal_base, full_space(causal_base), "clm_mlm_head", MASK, max_length=64, head=None
+        )
 
 
 def test_head_target_index_is_case_insensitive_and_rejects_unknown_words(causal_base):
@@ -311,13 +384,19 @@ def test_head_target_index_is_case_insensitive_and_rejects_unknown_words(causal_
         head.label_index("they")
 
 
-@pytest.mark.parametrize(("factual_class", "source", "label"), [
-    ("he", "factual", 1), ("she", "factual", -1),
-    ("he", "diff", 1), ("she", "diff", -1),
-    ("he", "alternative", -1), ("she", "alternative", 1),
-])
+@pytest.mark.parametrize(
+    ("factual_class", "source", "label"),
+    [
+        ("he", "factual", 1),
+        ("she", "factual", -1),
+        ("he", "diff", 1),
+        ("she", "diff", -1),
+        ("he", "alternative", -1),
+        ("she", "alternative", 1),
+    ],
+)
 def test_encoder_label_sign_table(factual_class, source, label):
-    assert encoder_label(factual_class, ["he", "she"], source) == label
+    assert ClassPair("he", "she").label(factual_class, source) == label
 
 
 def test_needed_kinds_source_first_without_duplicates():

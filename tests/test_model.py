@@ -1,4 +1,5 @@
-"""The GRADIEND (spec §4.1-§4.4, §7.2): closed-form gradients vs autograd, exact sign flip, init, save/load, factors."""
+"""The GRADIEND (docs/method.md §4.1-§4.4, §7.2): closed-form gradients vs autograd, exact sign
+flip, init, save/load, factors."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import json
 import pytest
 import torch
 
-from gradiend_core.model import Gradiend, GradiendContext, load_gradiend, save_gradiend
-from gradiend_core.modeling import ParamSpace
+from gradiend_core.base_model import ParamSpace
+from gradiend_core.gradiend import Gradiend, GradiendContext, load_gradiend, save_gradiend
 
 N = 37
 
@@ -22,10 +23,17 @@ def random_gradiend(n: int, latent_dim: int, seed: int) -> Gradiend:
     return model
 
 
-def autograd_reference(model: Gradiend, source: torch.Tensor, target: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+def autograd_reference(
+    model: Gradiend, source: torch.Tensor, target: torch.Tensor
+) -> tuple[float, dict[str, torch.Tensor]]:
     """MSE(W_d tanh(W_e s + b_e) + b_d, t) built from scratch, differentiated by autograd."""
-    params = {k: v.detach().double().clone().requires_grad_(True) for k, v in model.named_parameters()}
-    s, t = source.double().reshape(-1, model.input_dim), target.double().reshape(-1, model.input_dim)
+    params = {
+        k: v.detach().double().clone().requires_grad_(True) for k, v in model.named_parameters()
+    }
+    s, t = (
+        source.double().reshape(-1, model.input_dim),
+        target.double().reshape(-1, model.input_dim),
+    )
     h = torch.tanh(s @ params["encoder_weight"].T + params["encoder_bias"])
     y = h @ params["decoder_weight"].T + params["decoder_bias"]
     loss = ((y - t) ** 2).mean()
@@ -46,7 +54,9 @@ def test_closed_form_grads_equal_autograd(batch, latent_dim):
         assert p.grad is not None and p.grad.shape == p.shape, name
         torch.testing.assert_close(p.grad.double(), expected[name], atol=1e-6, rtol=1e-5)
     # Inputs are left untouched.
-    torch.testing.assert_close(source, torch.randn(batch, N, generator=torch.Generator().manual_seed(99)))
+    torch.testing.assert_close(
+        source, torch.randn(batch, N, generator=torch.Generator().manual_seed(99))
+    )
 
 
 def test_closed_form_grads_accept_a_single_vector():
@@ -55,7 +65,9 @@ def test_closed_form_grads_accept_a_single_vector():
     s, t = torch.randn(N, generator=gen), torch.randn(N, generator=gen)
     expected_loss, expected = autograd_reference(model, s[None], t[None])
     assert model.closed_form_grads(s, t) == pytest.approx(expected_loss, rel=1e-5)
-    torch.testing.assert_close(model.encoder_weight.grad.double(), expected["encoder_weight"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        model.encoder_weight.grad.double(), expected["encoder_weight"], atol=1e-6, rtol=1e-5
+    )
 
 
 def test_forward_shapes_and_definition():
@@ -161,18 +173,32 @@ def test_param_space_local_indices_split_kept_by_tensor():
     space = ParamSpace(("a", "b", "c"), ((2, 3), (4,), (1, 2)))
     assert space.offsets() == [0, 6, 10] and space.full_size == 12
     pruned = space.with_kept(torch.tensor([11, 1, 6, 9, 5]))
-    assert [None if i is None else i.tolist() for i in pruned.local_indices()] == [[1, 5], [0, 3], [1]]
+    assert [None if i is None else i.tolist() for i in pruned.local_indices()] == [
+        [1, 5],
+        [0, 3],
+        [1],
+    ]
     assert pruned.share_per_tensor() == {"a": 2, "b": 2, "c": 1}
     assert space.local_indices() == [None, None, None]
 
 
-@pytest.mark.parametrize(("source", "strengthen_he", "strengthen_she"), [
-    ("alternative", 1.0, -1.0),
-    ("factual", -1.0, 1.0),
-    ("diff", -1.0, 1.0),
-])
-def test_feature_factor_table(source, strengthen_he, strengthen_she):
-    context = GradiendContext(["he", "she"], source, "diff", "clm_mlm_head", "models/base")
+# Worked out by hand (docs/method.md §7.2): a row encodes to the direction of its source class, and
+# the decoder returns the target vector, a loss gradient that raises the loss of its word.
+@pytest.mark.parametrize(
+    ("source", "target", "strengthen_he", "strengthen_she"),
+    [
+        ("alternative", "diff", 1.0, -1.0),  # dec(+1) ~ g(she) - g(he) of she rows: lowers L(he)
+        ("alternative", "factual", 1.0, -1.0),  # dec(+1) ~ g(she) of she rows: raises L(she)
+        ("alternative", "alternative", -1.0, 1.0),  # dec(+1) ~ g(he) of she rows: raises L(he)
+        ("factual", "diff", -1.0, 1.0),  # dec(+1) ~ g(he) - g(she) of he rows: raises L(he)
+        ("factual", "factual", -1.0, 1.0),
+        ("factual", "alternative", 1.0, -1.0),  # dec(+1) ~ g(she) of he rows: raises L(she)
+        ("diff", "diff", -1.0, 1.0),
+        ("diff", "alternative", 1.0, -1.0),
+    ],
+)
+def test_feature_factor_table(source, target, strengthen_he, strengthen_she):
+    context = GradiendContext(["he", "she"], source, target, "clm_mlm_head", "models/base")
     assert context.encoding_direction() == {"he": 1, "she": -1}
     assert context.strengthen_factor("he") == strengthen_he
     assert context.strengthen_factor("she") == strengthen_she

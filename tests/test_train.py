@@ -1,4 +1,5 @@
-"""GRADIEND training (spec §4.2-§4.7): correlation, batching, evaluation and sign flip, convergence, seeds, a real run."""
+"""GRADIEND training (docs/method.md §4.2-§4.7): correlation, batching, evaluation and sign flip,
+convergence, seeds, a real run."""
 
 from __future__ import annotations
 
@@ -13,20 +14,53 @@ from test_gradients import MASK, full_space
 
 from gradiend_core.data import build_dataset
 from gradiend_core.errors import GradiendError
-from gradiend_core.gradients import GradientComputer, encoder_label
-from gradiend_core.model import Gradiend
-from gradiend_core.train import (
+from gradiend_core.feature import ClassPair
+from gradiend_core.gradiend import Gradiend
+from gradiend_core.gradients import GradientComputer
+from gradiend_core.selection import seed_summary, select_seed
+from gradiend_core.stats import pearson
+from gradiend_core.training import (
     EvalSet,
     Evaluation,
     converged,
-    pearson,
     round_robin_batches,
-    select_seed,
-    source_class,
     train_gradiend,
 )
 
 CLASSES = ["he", "she"]
+PAIR = ClassPair("he", "she")
+
+
+def encoder_label(factual_class: str, classes: list[str], source: str) -> int:
+    """The sign table written out by hand: +1 for he, -1 for she, negated for source alternative."""
+    sign = 1 if factual_class == "he" else -1
+    return -sign if source == "alternative" else sign
+
+
+def source_class(factual_class: str, classes: list[str], source: str) -> str:
+    """The fed gradient's class, by hand: the other class for source alternative."""
+    if source != "alternative":
+        return factual_class
+    return "she" if factual_class == "he" else "he"
+
+
+def settings(**overrides) -> SimpleNamespace:
+    values = {
+        "source": "alternative",
+        "target": "diff",
+        "learning_rate": 1e-2,
+        "weight_decay": 0.01,
+        "batch_size": 2,
+        "gradiend_batch_size": 2,
+        "max_steps": 5,
+        "eval_steps": 2,
+        "normalize_sign": True,
+        "convergence_threshold": 0.5,
+        "convergence_mean_threshold": 0.5,
+    }
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
 
 # ---- pearson -----------------------------------------------------------------------------------
 
@@ -36,11 +70,16 @@ def test_pearson_matches_numpy():
     for _ in range(5):
         x, y = rng.normal(size=20), rng.normal(size=20)
         y = y + 0.7 * x
-        assert pearson(torch.tensor(x), torch.tensor(y)) == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
+        assert pearson(torch.tensor(x), torch.tensor(y)) == pytest.approx(
+            np.corrcoef(x, y)[0, 1], abs=1e-12
+        )
     x = np.array([0.3, -0.2, 0.9, 0.1])
-    assert pearson(torch.tensor(x, dtype=torch.float32), torch.tensor([1.0, -1.0, 1.0, -1.0])) == pytest.approx(
-        np.corrcoef(x, [1, -1, 1, -1])[0, 1], abs=1e-6)
-    assert pearson(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([6.0, 4.0, 2.0])) == pytest.approx(-1.0)
+    assert pearson(
+        torch.tensor(x, dtype=torch.float32), torch.tensor([1.0, -1.0, 1.0, -1.0])
+    ) == pytest.approx(np.corrcoef(x, [1, -1, 1, -1])[0, 1], abs=1e-6)
+    assert pearson(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([6.0, 4.0, 2.0])) == pytest.approx(
+        -1.0
+    )
 
 
 def test_pearson_is_zero_without_variance_or_data():
@@ -49,11 +88,13 @@ def test_pearson_is_zero_without_variance_or_data():
     assert pearson(torch.tensor([0.1]), torch.tensor([1.0])) == 0.0
 
 
-# ---- round robin batches ---------------------------------------------------------------------------
+# ---- round robin batches -------------------------------------------------------------------------
 
 
 def class_rows(n_he: int, n_she: int) -> pd.DataFrame:
-    return pd.DataFrame({"factual_class": ["she"] * n_she + ["he"] * n_he, "id": list(range(n_she + n_he))})
+    return pd.DataFrame(
+        {"factual_class": ["she"] * n_she + ["he"] * n_he, "id": list(range(n_she + n_he))}
+    )
 
 
 def take(iterator, n: int) -> list[pd.DataFrame]:
@@ -65,20 +106,30 @@ def test_round_robin_alternates_classes_and_reshuffles_each_cycle():
     batches = take(round_robin_batches(rows, CLASSES, 2, seed=3), 60)
     assert [b["factual_class"].unique().tolist() for b in batches] == [["he"], ["she"]] * 30
     assert all(len(b) == 2 for b in batches)
-    he_ids, she_ids = set(rows.loc[rows["factual_class"] == "he", "id"]), set(rows.loc[rows["factual_class"] == "she", "id"])
+    he_ids, she_ids = (
+        set(rows.loc[rows["factual_class"] == "he", "id"]),
+        set(rows.loc[rows["factual_class"] == "she", "id"]),
+    )
     he_batches, she_batches = batches[0::2], batches[1::2]
     # he: 5 rows -> 2 full batches per cycle (one row left out); she: 7 rows -> 3 batches per cycle.
     he_cycles = [set(he_batches[i]["id"]) | set(he_batches[i + 1]["id"]) for i in range(0, 30, 2)]
-    she_cycles = [set().union(*(set(she_batches[i + j]["id"]) for j in range(3))) for i in range(0, 30, 3)]
+    she_cycles = [
+        set().union(*(set(she_batches[i + j]["id"]) for j in range(3))) for i in range(0, 30, 3)
+    ]
     assert all(len(c) == 4 and c <= he_ids for c in he_cycles)  # no row twice inside a cycle
     assert all(len(c) == 6 and c <= she_ids for c in she_cycles)
-    assert len({frozenset(c) for c in he_cycles}) > 1  # a fresh shuffle each cycle, not the same left-out row
+    assert (
+        len({frozenset(c) for c in he_cycles}) > 1
+    )  # a fresh shuffle each cycle, not the same left-out row
     assert len({tuple(b["id"]) for b in he_batches}) > 2
 
 
 def test_round_robin_is_deterministic_per_seed():
     rows = class_rows(9, 9)
-    ids = lambda seed: [tuple(b["id"]) for b in take(round_robin_batches(rows, CLASSES, 3, seed), 24)]  # noqa: E731
+
+    def ids(seed):
+        return [tuple(b["id"]) for b in take(round_robin_batches(rows, CLASSES, 3, seed), 24)]
+
     assert ids(0) == ids(0)
     assert ids(0) != ids(1)
 
@@ -89,11 +140,12 @@ def test_round_robin_needs_a_full_batch_per_class():
     assert "'she'" in str(exc.value) and "train.batch_size = 3" in str(exc.value)
 
 
-# ---- evaluation with a synthetic computer ------------------------------------------------------------
+# ---- evaluation with a synthetic computer --------------------------------------------------------
 
 
 class FakeComputer:
-    """Returns fixed source vectors per masked text (duck-types GradientComputer for EvalSet/train_gradiend)."""
+    """Returns fixed source vectors per masked text (duck-types GradientComputer for
+    EvalSet/train_gradiend)."""
 
     def __init__(self, table: dict[str, dict[str, torch.Tensor]]):
         self.table = table
@@ -105,10 +157,20 @@ class FakeComputer:
 
 
 def eval_rows(values: dict[str, float]) -> tuple[pd.DataFrame, FakeComputer]:
-    """One row per text; the first coordinate of its vectors is ``value`` (the encoder below reads only it)."""
-    rows = pd.DataFrame({"masked": list(values), "factual": ["x"] * len(values), "alternative": ["y"] * len(values),
-                         "factual_class": [t.split()[0] for t in values]})
-    table = {t: {k: torch.tensor([v, 1.0]) for k in ("factual", "alternative", "diff")} for t, v in values.items()}
+    """One row per text; the first coordinate of its vectors is ``value`` (the encoder below reads
+    only it)."""
+    rows = pd.DataFrame(
+        {
+            "masked": list(values),
+            "factual": ["x"] * len(values),
+            "alternative": ["y"] * len(values),
+            "factual_class": [t.split()[0] for t in values],
+        }
+    )
+    table = {
+        t: {k: torch.tensor([v, 1.0]) for k in ("factual", "alternative", "diff")}
+        for t, v in values.items()
+    }
     return rows, FakeComputer(table)
 
 
@@ -125,7 +187,7 @@ def unit_encoder() -> Gradiend:
 def test_eval_set_labels_groups_and_sign_flip(source):
     values = {"he a": -2.0, "he b": -1.5, "she a": 2.0, "she b": 1.0}
     rows, computer = eval_rows(values)
-    ev_set = EvalSet(computer, rows, CLASSES, source)
+    ev_set = EvalSet(computer, rows, PAIR, source)
     labels = [encoder_label(c, CLASSES, source) for c in rows["factual_class"]]
     assert ev_set.labels.tolist() == labels
     assert ev_set.groups == [source_class(c, CLASSES, source) for c in rows["factual_class"]]
@@ -138,12 +200,17 @@ def test_eval_set_labels_groups_and_sign_flip(source):
     assert ev.flipped == should_flip and ev.step == 7
     sign = -1 if should_flip else 1
     assert ev.correlation == pytest.approx(sign * corr, abs=1e-6)
-    he_source, she_source = source_class("he", CLASSES, source), source_class("she", CLASSES, source)
+    he_source, she_source = (
+        source_class("he", CLASSES, source),
+        source_class("she", CLASSES, source),
+    )
     assert ev.mean_by_class[he_source] == pytest.approx(sign * enc[:2].mean(), abs=1e-6)
     assert ev.mean_by_class[she_source] == pytest.approx(sign * enc[2:].mean(), abs=1e-6)
     assert model.encoder_weight[0, 0].item() == sign * 1.0
     torch.testing.assert_close(model(torch.tensor([[0.3, 1.0]])), reconstruction)
-    assert ev.encoder_norm == pytest.approx(1.0) and ev.decoder_norm == pytest.approx(model.decoder_weight.detach().norm().item())
+    assert ev.encoder_norm == pytest.approx(1.0) and ev.decoder_norm == pytest.approx(
+        model.decoder_weight.detach().norm().item()
+    )
 
 
 def test_no_flip_between_minus_point_six_and_zero_or_when_disabled():
@@ -153,34 +220,37 @@ def test_no_flip_between_minus_point_six_and_zero_or_when_disabled():
     labels = [1 if t.startswith("he") else -1 for t in values]
     corr = np.corrcoef(enc, labels)[0, 1]
     assert -0.6 < corr < 0
-    ev = EvalSet(computer, rows, CLASSES, "factual").evaluate(unit_encoder(), 1, normalize=True)
+    ev = EvalSet(computer, rows, PAIR, "factual").evaluate(unit_encoder(), 1, normalize=True)
     assert not ev.flipped and ev.correlation == pytest.approx(corr, abs=1e-6)
     strong = {"he a": -2.0, "she a": 2.0, "he b": -1.0, "she b": 1.0}
     rows, computer = eval_rows(strong)
     model = unit_encoder()
-    ev = EvalSet(computer, rows, CLASSES, "factual").evaluate(model, 1, normalize=False)
+    ev = EvalSet(computer, rows, PAIR, "factual").evaluate(model, 1, normalize=False)
     assert not ev.flipped and ev.correlation < -0.6 and model.encoder_weight[0, 0].item() == 1.0
 
 
-# ---- convergence and seed selection ------------------------------------------------------------------
+# ---- convergence and seed selection --------------------------------------------------------------
 
 
 def ev(step: int, corr: float, he: float, she: float) -> Evaluation:
     return Evaluation(step, corr, {"he": he, "she": she}, False, 1.0, 1.0)
 
 
-@pytest.mark.parametrize(("best", "expected"), [
-    (None, False),
-    (ev(0, 0.99, 0.9, -0.9), False),  # step 0 never counts
-    (ev(3, 0.9, 0.8, -0.7), True),
-    (ev(3, 0.5, 0.5, -0.5), True),  # thresholds are inclusive
-    (ev(3, 0.49, 0.8, -0.7), False),
-    (ev(3, 0.9, 0.8, -0.49), False),  # every class |mean| >= 0.5
-    (ev(3, 0.9, -0.49, 0.8), False),
-    (ev(3, 0.9, 0.8, 0.7), False),  # same sign
-    (ev(3, 0.9, -0.8, -0.7), False),
-    (ev(3, -0.9, -0.8, 0.7), False),  # signed correlation
-])
+@pytest.mark.parametrize(
+    ("best", "expected"),
+    [
+        (None, False),
+        (ev(0, 0.99, 0.9, -0.9), False),  # step 0 never counts
+        (ev(3, 0.9, 0.8, -0.7), True),
+        (ev(3, 0.5, 0.5, -0.5), True),  # thresholds are inclusive
+        (ev(3, 0.49, 0.8, -0.7), False),
+        (ev(3, 0.9, 0.8, -0.49), False),  # every class |mean| >= 0.5
+        (ev(3, 0.9, -0.49, 0.8), False),
+        (ev(3, 0.9, 0.8, 0.7), False),  # same sign
+        (ev(3, 0.9, -0.8, -0.7), False),
+        (ev(3, -0.9, -0.8, 0.7), False),  # signed correlation
+    ],
+)
 def test_converged_rules(best, expected):
     assert converged(best, 0.5, 0.5) is expected
 
@@ -196,64 +266,103 @@ def report(seed: int, conv: bool, corr: float | None) -> dict:
 
 
 def test_select_seed_prefers_converged_then_correlation_then_lower_seed():
-    assert select_seed([report(0, False, 0.95), report(1, True, 0.6), report(2, True, 0.7)])["seed"] == 2
+    assert (
+        select_seed([report(0, False, 0.95), report(1, True, 0.6), report(2, True, 0.7)])["seed"]
+        == 2
+    )
     assert select_seed([report(0, False, 0.95), report(1, True, 0.6)])["seed"] == 1
-    assert select_seed([report(5, True, 0.8), report(3, True, 0.8), report(4, False, 0.9)])["seed"] == 3
-    assert select_seed([report(0, False, 0.3), report(1, False, None), report(2, False, 0.4)])["seed"] == 2
+    assert (
+        select_seed([report(5, True, 0.8), report(3, True, 0.8), report(4, False, 0.9)])["seed"]
+        == 3
+    )
+    assert (
+        select_seed([report(0, False, 0.3), report(1, False, None), report(2, False, 0.4)])["seed"]
+        == 2
+    )
     assert select_seed([report(0, False, None), report(1, False, -0.2)])["seed"] == 1
 
 
-# ---- a short real run on the tiny Llama ------------------------------------------------------------------
+# ---- a short real run on the tiny Llama ----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def tiny_examples() -> pd.DataFrame:
-    corpus = build_dataset(corpus_lines(12), CLASSES, {"he": ["he"], "she": ["she"]}, MASK, min_words=5, max_words=30, min_left_context_words=3,
-                           max_per_class=12, balance=True, split={"train": 0.5, "validation": 0.25, "test": 0.25}, neutral_size=4,
-                           neutral_excluded_words=[], seed=0)
+    feature = SimpleNamespace(classes=CLASSES, targets={"he": ["he"], "she": ["she"]}, mask=MASK)
+    data = SimpleNamespace(
+        min_words=5,
+        max_words=30,
+        min_left_context_words=3,
+        max_per_class=12,
+        balance=True,
+        split={"train": 0.5, "validation": 0.25, "test": 0.25},
+        neutral_size=4,
+        neutral_excluded_words=[],
+        seed=0,
+    )
+    corpus = build_dataset(corpus_lines(12), feature, data)
     return corpus.examples
 
 
 def run(computer, examples: pd.DataFrame, seed: int, **overrides):
-    kwargs = {"source": "alternative", "target": "diff", "learning_rate": 1e-2, "weight_decay": 0.01, "batch_size": 2, "gradiend_batch_size": 2,
-              "max_steps": 5, "eval_steps": 2, "normalize_sign": True, "convergence_threshold": 0.5, "convergence_mean_threshold": 0.5, "seed": seed}
-    kwargs.update(overrides)
     train = examples[examples["split"] == "train"]
     val = examples[examples["split"] == "validation"].groupby("factual_class").head(3)
-    return train_gradiend(computer, train, val, CLASSES, **kwargs), train, val
+    return train_gradiend(computer, train, val, PAIR, settings(**overrides), seed), train, val
 
 
 def test_train_gradiend_runs_records_evaluations_and_first_loss(causal_base, tiny_examples):
-    computer = GradientComputer(causal_base, full_space(causal_base), "clm_next_token", MASK, max_length=32)
+    computer = GradientComputer(
+        causal_base, full_space(causal_base), "clm_next_token", MASK, max_length=32
+    )
     result, train, val = run(computer, tiny_examples, seed=0)
     assert [e.step for e in result.evaluations] == [0, 2, 4, 5]
     assert len(result.losses) == 5 and all(np.isfinite(result.losses))
     assert result.best is not None and result.best.step in (2, 4, 5)
     later = result.evaluations[1:]
     assert abs(result.best.correlation) == max(abs(e.correlation) for e in later)
-    assert result.best is next(e for e in later if abs(e.correlation) == abs(result.best.correlation))  # ties: earliest
+    assert result.best is next(
+        e for e in later if abs(e.correlation) == abs(result.best.correlation)
+    )  # ties: earliest
     assert result.converged == converged(result.best, 0.5, 0.5)
     assert set(result.best.mean_by_class) == set(CLASSES)
 
-    # Step 0: the freshly initialised model on the validation source (alternative) gradients, labels inverted.
+    # Step 0: the freshly initialised model on the validation source (alternative) gradients, labels
+    # inverted.
     init = Gradiend.initialised(computer.size, 0)
-    vectors = torch.stack([computer.vectors([r.masked], [r.factual], [r.alternative], ("alternative",))["alternative"] for r in val.itertuples()])
+    vectors = torch.stack(
+        [
+            computer.vectors([r.masked], [r.factual], [r.alternative], ("alternative",))[
+                "alternative"
+            ]
+            for r in val.itertuples()
+        ]
+    )
     labels = torch.tensor([-1.0 if c == "he" else 1.0 for c in val["factual_class"]])
     corr0 = pearson(init.encode(vectors)[:, 0].detach(), labels)
     first = result.evaluations[0]
     assert first.flipped == (corr0 < -0.6)
     assert first.correlation == pytest.approx(-corr0 if first.flipped else corr0, abs=1e-5)
 
-    # Step 1's loss: MSE of the initial model on the first two round-robin batches (he then she), source -> target.
+    # Step 1's loss: MSE of the initial model on the first two round-robin batches (he then she),
+    # source -> target.
     batches = round_robin_batches(train, CLASSES, 2, 0)
-    pairs = [computer.vectors(b["masked"].tolist(), b["factual"].tolist(), b["alternative"].tolist(), ("alternative", "diff")) for b in take(batches, 2)]
+    pairs = [
+        computer.vectors(
+            b["masked"].tolist(),
+            b["factual"].tolist(),
+            b["alternative"].tolist(),
+            ("alternative", "diff"),
+        )
+        for b in take(batches, 2)
+    ]
     source = torch.stack([p["alternative"] for p in pairs])
     target = torch.stack([p["diff"] for p in pairs])
     expected = float(((init(source) - target) ** 2).mean().detach())
     assert result.losses[0] == pytest.approx(expected, rel=1e-4)
 
     # The returned weights are the best checkpoint's: re-evaluating them reproduces its record.
-    again = EvalSet(computer, val, CLASSES, "alternative").evaluate(result.model, result.best.step, normalize=False)
+    again = EvalSet(computer, val, PAIR, "alternative").evaluate(
+        result.model, result.best.step, normalize=False
+    )
     assert again.correlation == pytest.approx(result.best.correlation, abs=1e-5)
     for c in CLASSES:
         assert again.mean_by_class[c] == pytest.approx(result.best.mean_by_class[c], abs=1e-5)
@@ -262,7 +371,9 @@ def test_train_gradiend_runs_records_evaluations_and_first_loss(causal_base, tin
 def test_train_gradiend_is_deterministic_per_seed(causal_base, tiny_examples):
     space = full_space(causal_base)
     kept = torch.randperm(space.full_size, generator=torch.Generator().manual_seed(0))[:3000]
-    computer = GradientComputer(causal_base, space.with_kept(kept), "clm_next_token", MASK, max_length=32)
+    computer = GradientComputer(
+        causal_base, space.with_kept(kept), "clm_next_token", MASK, max_length=32
+    )
     a, _, _ = run(computer, tiny_examples, seed=1, max_steps=4, gradiend_batch_size=1)
     b, _, _ = run(computer, tiny_examples, seed=1, max_steps=4, gradiend_batch_size=1)
     c, _, _ = run(computer, tiny_examples, seed=2, max_steps=4, gradiend_batch_size=1)
@@ -287,21 +398,31 @@ def test_train_gradiend_learns_a_clean_synthetic_feature():
             g_a = -g_f + 0.05 * torch.randn(n, generator=gen)
             text = f"{cls} {i}"
             table[text] = {"factual": g_f, "alternative": g_a, "diff": g_f - g_a}
-            rows.append({"masked": text, "factual": cls, "alternative": "x", "factual_class": cls, "split": "train" if i < 6 else "validation"})
+            rows.append(
+                {
+                    "masked": text,
+                    "factual": cls,
+                    "alternative": "x",
+                    "factual_class": cls,
+                    "split": "train" if i < 6 else "validation",
+                }
+            )
     frame = pd.DataFrame(rows)
-    result = train_gradiend(FakeComputer(table), frame[frame["split"] == "train"], frame[frame["split"] == "validation"], CLASSES,
-                            source="alternative", target="diff", learning_rate=0.05, weight_decay=0.0, batch_size=2, gradiend_batch_size=1,
-                            max_steps=60, eval_steps=10, normalize_sign=True, convergence_threshold=0.5, convergence_mean_threshold=0.5, seed=0)
+    train, val = frame[frame["split"] == "train"], frame[frame["split"] == "validation"]
+    config = settings(
+        learning_rate=0.05, weight_decay=0.0, gradiend_batch_size=1, max_steps=60, eval_steps=10
+    )
+    result = train_gradiend(FakeComputer(table), train, val, PAIR, config, seed=0)
     assert result.converged
     assert result.best.correlation > 0.9
-    # Source alternative: he rows feed the she-token gradient, labelled -1 and grouped under 'she'; after
-    # normalisation class A's gradients ('he', fed by she rows) encode towards +1.
+    # Source alternative: he rows feed the she-token gradient, labelled -1 and grouped under 'she';
+    # after normalisation class A's gradients ('he', fed by she rows) encode towards +1.
     assert result.best.mean_by_class["he"] > 0.5 and result.best.mean_by_class["she"] < -0.5
     assert result.losses[-1] < result.losses[0]
 
 
 def test_best_checkpoint_ties_keep_the_earliest_evaluation():
-    """Two validation rows (one per label): every correlation is exactly ±1, so all evaluations tie."""
+    """Two validation rows (one per label): every correlation is exactly ±1, so evaluations tie."""
     gen = torch.Generator().manual_seed(1)
     u = torch.randn(20, generator=gen)
     table, rows = {}, []
@@ -309,15 +430,40 @@ def test_best_checkpoint_ties_keep_the_earliest_evaluation():
         for i in range(3):
             g_f = sign * u + 0.1 * torch.randn(20, generator=gen)
             table[f"{cls} {i}"] = {"factual": g_f, "alternative": -g_f, "diff": 2 * g_f}
-            rows.append({"masked": f"{cls} {i}", "factual": cls, "alternative": "x", "factual_class": cls})
+            rows.append(
+                {"masked": f"{cls} {i}", "factual": cls, "alternative": "x", "factual_class": cls}
+            )
     frame = pd.DataFrame(rows)
     val = frame.groupby("factual_class").head(1)
-    result = train_gradiend(FakeComputer(table), frame, val, CLASSES, source="factual", target="diff", learning_rate=0.01, weight_decay=0.0,
-                            batch_size=1, gradiend_batch_size=1, max_steps=6, eval_steps=2, normalize_sign=True, convergence_threshold=0.5,
-                            convergence_mean_threshold=0.5, seed=0)
+    config = settings(
+        source="factual",
+        learning_rate=0.01,
+        weight_decay=0.0,
+        batch_size=1,
+        gradiend_batch_size=1,
+        max_steps=6,
+        eval_steps=2,
+    )
+    result = train_gradiend(FakeComputer(table), frame, val, PAIR, config, seed=0)
     assert [e.step for e in result.evaluations] == [0, 2, 4, 6]
     assert all(abs(e.correlation) == pytest.approx(1.0) for e in result.evaluations)
     assert result.best is result.evaluations[1]
-    again = EvalSet(FakeComputer(table), val, CLASSES, "factual").evaluate(result.model, 2, normalize=False)
+    again = EvalSet(FakeComputer(table), val, PAIR, "factual").evaluate(
+        result.model, 2, normalize=False
+    )
     assert again.mean_by_class == pytest.approx(result.best.mean_by_class, abs=1e-6)
-    assert again.mean_by_class != pytest.approx(result.evaluations[-1].mean_by_class, abs=1e-6)  # not the last weights
+    assert again.mean_by_class != pytest.approx(
+        result.evaluations[-1].mean_by_class, abs=1e-6
+    )  # not the last weights
+
+
+def test_seed_summary_names_converged_seeds_and_the_choice():
+    reports = [report(0, False, 0.95), report(1, True, 0.6), report(2, True, 0.7)]
+    summary = seed_summary(reports)
+    assert summary["seeds_tried"] == [0, 1, 2]
+    assert summary["convergent_seeds"] == [1, 2] and summary["convergent_count"] == 2
+    assert summary["best_seed"] == 2 and summary["best_correlation"] == 0.7 and summary["converged"]
+    assert summary["selection_strategy"] == "max validation correlation among convergent seeds"
+    none = seed_summary([report(0, False, 0.3), report(1, False, 0.4)])
+    assert none["best_seed"] == 1 and none["convergent_count"] == 0 and not none["converged"]
+    assert none["selection_strategy"] == "max validation correlation (no seed converged)"

@@ -1,4 +1,4 @@
-"""The GRADIEND encoder-decoder (spec §4.1-§4.2) and its save/load format.
+"""The GRADIEND encoder-decoder (docs/method.md §4.1-§4.2) and its save/load format.
 
     h = enc(s) = tanh(W_e s + b_e)        W_e: (d, n), b_e: (d,)      s: a source gradient, (B, n)
     y = dec(h) = W_d h + b_d              W_d: (n, d), b_d: (n,)
@@ -7,7 +7,8 @@
 With MSE, tanh and a linear decoder every parameter gradient has a closed form, so a training step
 needs no autograd graph over the (B, n) tensors: with R = 2 (y - t) / (B n),
 
-    ∂/∂W_d = Rᵀ h      ∂/∂b_d = Σ_b R      ∂/∂z = (R W_d) ⊙ (1 - h²)      ∂/∂W_e = (∂/∂z)ᵀ s      ∂/∂b_e = Σ_b ∂/∂z
+    ∂/∂W_d = Rᵀ h      ∂/∂b_d = Σ_b R      ∂/∂z = (R W_d) ⊙ (1 - h²)      ∂/∂W_e = (∂/∂z)ᵀ s
+    ∂/∂b_e = Σ_b ∂/∂z
 
 and the gradients are handed to ``torch.optim.AdamW`` (foreach). ``tests/test_model.py`` pins this
 against autograd.
@@ -21,11 +22,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gradiend_core.base_model import ParamSpace
+from gradiend_core.feature import ClassPair
 from gradiend_core.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
-from gradiend_core.modeling import ParamSpace
 
 
 class Gradiend(nn.Module):
+    """One-neuron (``latent_dim`` d = 1 by default) encoder-decoder over gradient vectors of size n.
+
+    The encoder reads a source gradient and outputs the feature value h in (-1, 1); the decoder
+    maps h back to a full gradient-shaped vector, the direction used to edit θ (§7.1). Parameters
+    are stored as plain tensors so the closed-form step (``closed_form_grads``) and the weight
+    export can address them directly.
+    """
+
     def __init__(self, input_dim: int, latent_dim: int = 1):
         super().__init__()
         self.input_dim, self.latent_dim = input_dim, latent_dim
@@ -36,7 +46,7 @@ class Gradiend(nn.Module):
 
     @classmethod
     def initialised(cls, input_dim: int, seed: int, latent_dim: int = 1) -> Gradiend:
-        """Encoder ~ U(±1/√n) (nn.Linear's default); decoder weight and bias ~ U(±max W_e) (spec §4.1)."""
+        """Encoder ~ U(±1/√n) (nn.Linear's default); decoder weight, bias ~ U(±max W_e) (§4.1)."""
         model = cls(input_dim, latent_dim)
         gen = torch.Generator().manual_seed(seed)
         bound = 1.0 / input_dim**0.5
@@ -53,6 +63,7 @@ class Gradiend(nn.Module):
         return torch.tanh(source @ self.encoder_weight.T + self.encoder_bias)
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, d) or (d,) -> (B, n) or (n,)."""
         return h @ self.decoder_weight.T + self.decoder_bias
 
     def forward(self, source: torch.Tensor) -> torch.Tensor:
@@ -77,8 +88,8 @@ class Gradiend(nn.Module):
     def flip_sign(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Exact reparametrisation h -> -h: negate W_e, b_e and W_d; b_d is kept.
 
-        tanh is odd, so enc'(s) = -enc(s) and dec'(-h) = -W_d(-h) + b_d = dec(h): reconstructions are
-        unchanged (the reference also negates b_d, which is not exact — spec §4.4 [QUIRK]). AdamW's
+        tanh is odd, so enc'(s) = -enc(s) and dec'(-h) = -W_d(-h) + b_d = dec(h): reconstructions
+        are unchanged (the reference also negates b_d, which is not exact — §4.4, §10). AdamW's
         first moments of the flipped tensors are negated too, so the optimiser keeps its course.
         """
         for p in (self.encoder_weight, self.encoder_bias, self.decoder_weight):
@@ -87,12 +98,19 @@ class Gradiend(nn.Module):
                 optimizer.state[p]["exp_avg"].neg_()
 
     def norms(self) -> dict[str, float]:
-        return {"encoder_norm": float(self.encoder_weight.norm()), "decoder_norm": float(self.decoder_weight.norm())}
+        """Frobenius norms of W_e and W_d (tracked during training)."""
+        return {
+            "encoder_norm": float(self.encoder_weight.norm()),
+            "decoder_norm": float(self.decoder_weight.norm()),
+        }
 
 
 @dataclass(frozen=True)
 class GradiendContext:
-    """What a GRADIEND means: its classes, source/target, objective and base model (needed to rewrite)."""
+    """What a GRADIEND means: its classes, source/target, objective and base model.
+
+    Saved with the weights, so evaluation and the rewrite never need the params that trained it.
+    """
 
     classes: list[str]
     source: str
@@ -100,38 +118,67 @@ class GradiendContext:
     objective: str
     base_model: str
 
+    @property
+    def pair(self) -> ClassPair:
+        """The contrasted classes: ``classes[0]`` encodes to +1."""
+        return ClassPair.of(self.classes)
+
     def encoding_direction(self) -> dict[str, int]:
         """Fixed metadata (never flipped): class A encodes to +1, class B to -1."""
-        return {self.classes[0]: 1, self.classes[1]: -1}
+        return {c: self.pair.direction(c) for c in self.classes}
 
     def strengthen_factor(self, cls: str) -> float:
-        """Feature factor that raises P(cls) (spec §7.2): +dir for source 'alternative', -dir otherwise."""
-        direction = self.encoding_direction()[cls]
-        return float(direction if self.source == "alternative" else -direction)
+        """Feature factor that raises P(cls) (§7.2)."""
+        return self.pair.strengthen_factor(cls, self.source, self.target)
 
     def weaken_factor(self, cls: str) -> float:
-        other = self.classes[1] if cls == self.classes[0] else self.classes[0]
-        return self.strengthen_factor(other)
+        """Feature factor that lowers P(cls): the other class's strengthening factor."""
+        return self.pair.weaken_factor(cls, self.source, self.target)
 
 
-def save_gradiend(folder: str | Path, model: Gradiend, space: ParamSpace, context: GradiendContext, extra_files: dict[str, dict] | None = None) -> None:
-    """Folder: model.safetensors, config.json (architecture + context), param_space.json, kept_indices.safetensors."""
+def save_gradiend(
+    folder: str | Path,
+    model: Gradiend,
+    space: ParamSpace,
+    context: GradiendContext,
+    extra_files: dict[str, dict] | None = None,
+) -> None:
+    """Folder: model.safetensors, config.json (architecture + context), param_space.json,
+    kept_indices.safetensors."""
     with atomic_dir(folder) as tmp:
-        save_tensors(tmp / "model.safetensors", {k: v.detach().contiguous() for k, v in model.state_dict().items()})
-        write_json(tmp / "config.json", {
-            "architecture": {"input_dim": model.input_dim, "latent_dim": model.latent_dim, "activation_encoder": "tanh", "activation_decoder": "identity", "bias_decoder": True},
-            "context": {**context.__dict__, "feature_class_encoding_direction": context.encoding_direction()},
-        })
+        save_tensors(
+            tmp / "model.safetensors",
+            {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+        )
+        write_json(
+            tmp / "config.json",
+            {
+                "architecture": {
+                    "input_dim": model.input_dim,
+                    "latent_dim": model.latent_dim,
+                    "activation_encoder": "tanh",
+                    "activation_decoder": "identity",
+                    "bias_decoder": True,
+                },
+                "context": {
+                    **context.__dict__,
+                    "feature_class_encoding_direction": context.encoding_direction(),
+                },
+            },
+        )
         space.save(tmp)
         for name, payload in (extra_files or {}).items():
             write_json(tmp / name, payload)
 
 
 def load_gradiend(folder: str | Path) -> tuple[Gradiend, ParamSpace, GradiendContext]:
+    """Inverse of ``save_gradiend``: the model, the coordinates it covers, and its context."""
     folder = Path(folder)
     config = read_json(folder / "config.json", "GRADIEND config")
     arch = config["architecture"]
     model = Gradiend(arch["input_dim"], arch["latent_dim"])
     model.load_state_dict(load_tensors(folder / "model.safetensors", "GRADIEND weights"))
-    context = {k: v for k, v in config["context"].items() if k != "feature_class_encoding_direction"}
+    context = {
+        k: v for k, v in config["context"].items() if k != "feature_class_encoding_direction"
+    }
     return model, ParamSpace.load(folder), GradiendContext(**context)

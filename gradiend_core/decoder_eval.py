@@ -1,0 +1,304 @@
+"""Decoder evaluation: a grid of edits θ + η·dec(f), each measured, and the selection policy
+(docs/method.md §7).
+
+At every grid point (f, η) the base model is edited in place (``WeightEditor``), measured, and
+restored exactly. Measures per point:
+
+* ``probs_by_dataset[D][C]``: mean over test rows whose factual class is D of P(C's tokens | input),
+  summed over the casing variants of C's words (causal: next token after the prefix; masked: at
+  the mask) — §7.4;
+* the LMS on neutral text — causal: 1 / (1 + mean NLL of each token given the tokens before it,
+  the *shifted* NLL); masked: accuracy on a fixed random ``MLM_LMS_MASK_RATE`` of the tokens.
+
+Selection (``select``, §7.5): strengthening C considers the points with C's strengthening factor
+and maximizes P(C) on the other class's rows; weakening C considers the points with the other
+class's strengthening factor and maximizes 1 - P(C) on C's rows; only points with
+LMS >= ``lms_ratio`` × base LMS qualify; if none does, the smallest η is reported with
+``constraint_met: false``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+
+from gradiend_core.base_model import BaseModel, ParamSpace
+from gradiend_core.errors import GradiendError
+from gradiend_core.feature import ClassPair
+from gradiend_core.gradiend import Gradiend, GradiendContext
+from gradiend_core.runtime import progress
+from gradiend_core.tokens import causal_prefix_ids, class_token_ids, left_pad, right_pad
+from gradiend_core.weight_edit import WeightEditor
+
+# Masked-LM LMS: the share of each neutral sentence's ordinary tokens that is masked, and the seed
+# that picks them (fixed, so every grid point is scored on the same positions).
+MLM_LMS_MASK_RATE = 0.15
+MLM_LMS_SEED = 42
+
+
+# ---- class probabilities ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """Test rows whose next-token (or mask) distribution is read at every grid point."""
+
+    classes: list[str]
+    row_class: list[str]
+    token_ids: dict[str, list[int]]
+    inputs: list[list[int]]  # causal: prefix ids; masked: ids with the mask token
+    mask_positions: list[int]  # masked only (-1 for causal rows)
+
+
+def build_probe_set(
+    base: BaseModel,
+    rows: pd.DataFrame,
+    classes: list[str],
+    targets: dict[str, list[str]],
+    mask: str,
+    max_length: int,
+) -> ProbeSet:
+    """Tokenize the test rows once, following the token convention (§2.4)."""
+    tok = base.tokenizer
+    inputs, positions = [], []
+    for m in rows["masked"]:
+        if base.kind == "causal":
+            ids = causal_prefix_ids(tok, m, mask, max_length)
+            pos = -1
+        else:
+            text = m.replace(mask, tok.mask_token)
+            ids = tok(text, truncation=True, max_length=max_length)["input_ids"]
+            if tok.mask_token_id not in ids:
+                raise GradiendError(
+                    f"a test row lost its mask to truncation (gradient.max_length = {max_length}): "
+                    f"{m[:60]!r}; raise gradient.max_length or lower data.max_words."
+                )
+            pos = ids.index(tok.mask_token_id)
+        inputs.append(ids)
+        positions.append(pos)
+    token_ids = class_token_ids(tok, base.kind, targets)
+    return ProbeSet(classes, rows["factual_class"].tolist(), token_ids, inputs, positions)
+
+
+@torch.no_grad()
+def class_probabilities(base: BaseModel, probe: ProbeSet, batch_size: int) -> torch.Tensor:
+    """(rows, classes): P(class tokens) at each row's prediction position."""
+    dev = base.device
+    out = []
+    for start in range(0, len(probe.inputs), batch_size):
+        chunk = probe.inputs[start : start + batch_size]
+        if base.kind == "causal":
+            ids, attn, pos = left_pad(chunk, base.tokenizer.pad_token_id)
+            logits = base.model(
+                input_ids=ids.to(dev),
+                attention_mask=attn.to(dev),
+                position_ids=pos.to(dev),
+                logits_to_keep=1,
+                use_cache=False,
+            ).logits[:, -1]  # (B, V)
+        else:
+            ids, attn = right_pad(chunk, base.tokenizer.pad_token_id)
+            full = base.model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits
+            at = torch.tensor(probe.mask_positions[start : start + batch_size])
+            logits = full[torch.arange(len(chunk)), at]  # (B, V)
+        probs = logits.float().softmax(-1)
+        per_class = [probs[:, probe.token_ids[c]].sum(-1) for c in probe.classes]
+        out.append(torch.stack(per_class, dim=-1).cpu())
+    return torch.cat(out)
+
+
+def probs_by_dataset(probe: ProbeSet, probs: torch.Tensor) -> dict[str, dict[str, float]]:
+    """``[D][C]``: mean P(C) over the rows of factual class D."""
+    out = {}
+    for d in probe.classes:
+        rows = torch.tensor([c == d for c in probe.row_class])
+        out[d] = {c: float(probs[rows, j].mean()) for j, c in enumerate(probe.classes)}
+    return out
+
+
+# ---- language-modelling score ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LmsSet:
+    """Tokenized neutral texts for the language-modelling score."""
+
+    kind: str
+    sequences: list[list[int]]
+    masked_positions: list[list[int]]  # masked LMs only
+
+
+def build_lms_set(base: BaseModel, texts: list[str], max_length: int) -> LmsSet:
+    """Tokenize the LMS texts once; for masked LMs also fix the masked positions."""
+    tok = base.tokenizer
+    seqs = [
+        tok(t, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+        for t in texts
+    ]
+    if not seqs:
+        raise GradiendError(
+            "data/neutral.parquet has no text for the LMS; regenerate the data (data.neutral_size)."
+        )
+    positions: list[list[int]] = []
+    if base.kind == "masked":
+        special = set(tok.all_special_ids)
+        rng = random.Random(MLM_LMS_SEED)
+        for s in seqs:
+            cand = [i for i, t in enumerate(s) if t not in special]
+            k = max(1, int(MLM_LMS_MASK_RATE * len(cand)))
+            positions.append(sorted(rng.sample(cand, k)) if cand else [])
+    return LmsSet(base.kind, seqs, positions)
+
+
+@torch.no_grad()
+def language_modelling_score(base: BaseModel, lms_set: LmsSet, batch_size: int) -> dict:
+    """§7.4. Causal: ``lms`` = 1 / (1 + mean shifted NLL) (token t+1 scored from tokens <= t);
+    a non-finite NLL (a diverged edit) scores 0, so it can never pass the LMS constraint.
+    Masked: ``lms`` = accuracy on the fixed masked positions."""
+    dev, pad = base.device, base.tokenizer.pad_token_id
+    total, count = 0.0, 0
+    for start in range(0, len(lms_set.sequences), batch_size):
+        chunk = lms_set.sequences[start : start + batch_size]
+        ids, attn = right_pad(chunk, pad)
+        if lms_set.kind == "causal":
+            out = base.model(input_ids=ids.to(dev), attention_mask=attn.to(dev), use_cache=False)
+            logits = out.logits.float()  # (B, T, V)
+            nll = nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), ids[:, 1:].to(dev), reduction="none"
+            )  # (B, T-1): token t+1 given <= t
+            keep = attn[:, 1:].to(dev).bool()
+            total += float(nll[keep].sum())
+            count += int(keep.sum())
+        else:
+            chunk_positions = lms_set.masked_positions[start : start + batch_size]
+            masked = ids.clone()
+            for i, pos in enumerate(chunk_positions):
+                masked[i, pos] = base.tokenizer.mask_token_id
+            logits = base.model(input_ids=masked.to(dev), attention_mask=attn.to(dev)).logits
+            pred = logits.argmax(-1).cpu()
+            for i, pos in enumerate(chunk_positions):
+                total += float((pred[i, pos] == ids[i, pos]).sum())
+                count += len(pos)
+    if count == 0:
+        raise GradiendError(
+            "the LMS texts have no scorable token; use longer neutral sentences (data.min_words)."
+        )
+    if lms_set.kind == "causal":
+        mean_nll = total / count
+        lms = 1.0 / (1.0 + mean_nll) if math.isfinite(mean_nll) else 0.0
+        return {"lms": lms, "mean_nll": mean_nll, "tokens": count}
+    return {"lms": total / count, "tokens": count}
+
+
+# ---- grid and selection ----------------------------------------------------------------------
+
+
+def measure(base: BaseModel, probe: ProbeSet, lms_set: LmsSet, batch_size: int) -> dict:
+    """Class probabilities and LMS of the model as it is now."""
+    probs = class_probabilities(base, probe, batch_size)
+    lms = language_modelling_score(base, lms_set, batch_size)
+    return {"probs_by_dataset": probs_by_dataset(probe, probs), **lms}
+
+
+def decoder_grid(
+    base: BaseModel,
+    gradiend: Gradiend,
+    space: ParamSpace,
+    probe: ProbeSet,
+    lms_set: LmsSet,
+    settings,
+) -> tuple[dict, list[dict]]:
+    """The base point and every (f, η) point of the grid (§7.3), each measured on the in-place
+    edited model. ``settings`` is the ``evaluate_decoder`` params section (``feature_factors``,
+    ``learning_rates``, ``batch_size``)."""
+    editor = WeightEditor(base.model, space)
+    batch_size = settings.batch_size
+    base_point = measure(base, probe, lms_set, batch_size)
+    points = []
+    grid = [
+        (f, lr) for f in sorted(settings.feature_factors) for lr in sorted(settings.learning_rates)
+    ]
+    for f, lr in progress(grid, desc="decoder grid"):
+        editor.apply_gradiend(gradiend, f, lr)
+        try:
+            measured = measure(base, probe, lms_set, batch_size)
+            points.append({"feature_factor": float(f), "learning_rate": float(lr), **measured})
+        finally:
+            editor.restore()
+    return base_point, points
+
+
+def select(
+    points: list[dict], base_point: dict, context: GradiendContext, lms_ratio: float
+) -> dict[str, dict | None]:
+    """Strengthen/weaken choices per class under the LMS constraint (§7.5).
+
+    Keys: ``'<class>'`` (strengthen) and ``'<class>_weaken'``. Among the points with the right
+    feature factor and LMS >= ``lms_ratio`` × base LMS, the one with the best value wins (ties:
+    the smaller η); a higher ``lms_ratio`` protects fluency at the cost of a smaller shift.
+    """
+    pair = context.pair
+    out: dict[str, dict | None] = {}
+    for cls in pair.classes:
+        goals = (
+            (cls, context.strengthen_factor(cls), pair.other(cls), 1),
+            (f"{cls}_weaken", context.weaken_factor(cls), cls, -1),
+        )
+        for key, factor, dataset, sign in goals:
+
+            def metric(
+                point: dict, cls: str = cls, dataset: str = dataset, sign: int = sign
+            ) -> float:
+                p = point["probs_by_dataset"][dataset][cls]
+                return p if sign > 0 else 1.0 - p
+
+            candidates = [p for p in points if p["feature_factor"] == factor]
+            if not candidates:
+                out[key] = None
+                continue
+            passing = [p for p in candidates if p["lms"] >= lms_ratio * base_point["lms"]]
+            if passing:
+                chosen = max(passing, key=lambda p, m=metric: (m(p), -p["learning_rate"]))
+            else:
+                chosen = min(candidates, key=lambda p: p["learning_rate"])
+            out[key] = {
+                "class": cls,
+                "direction": "strengthen" if sign > 0 else "weaken",
+                "rows_of_class": dataset,
+                "value": metric(chosen),
+                "base_value": metric(base_point),
+                "feature_factor": chosen["feature_factor"],
+                "learning_rate": chosen["learning_rate"],
+                "lms": chosen["lms"],
+                "base_lms": base_point["lms"],
+                "lms_ratio": chosen["lms"] / base_point["lms"],
+                "constraint_met": bool(passing),
+            }
+    return out
+
+
+def grid_table(points: list[dict], base_point: dict, pair: ClassPair) -> pd.DataFrame:
+    """One row per grid point: LMS ratio, P(C) on each class's rows, and the shift of the mean
+    P(C) over all test rows against the base model (the decoder plots read this)."""
+    classes = pair.classes
+
+    def mean_p(point: dict, c: str) -> float:
+        return sum(point["probs_by_dataset"][d][c] for d in classes) / len(classes)
+
+    rows = []
+    for p in points:
+        row = {
+            "feature_factor": p["feature_factor"],
+            "learning_rate": p["learning_rate"],
+            "lms": p["lms"],
+            "lms_ratio": p["lms"] / base_point["lms"],
+        }
+        row.update({f"p_{c}_on_{d}": p["probs_by_dataset"][d][c] for c in classes for d in classes})
+        row.update({f"delta_p_{c}": mean_p(p, c) - mean_p(base_point, c) for c in classes})
+        rows.append(row)
+    return pd.DataFrame(rows)
