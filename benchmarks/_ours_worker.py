@@ -10,8 +10,9 @@ stages use), with the objective taken from the workload (``clm_next_token``) by 
 * training step: exactly the body of ``training.train_gradiend``'s loop — the round-robin batch's
   gradient vectors (``computer.vectors``), the closed-form GRADIEND gradients, AdamW step,
   zero_grad; the first ``warmup`` steps are dropped, the median of the rest is reported;
-* encoder evaluation: ``encode_examples`` on the test rows + ``encode_neutral`` on the neutral texts
-  (what the evaluate_encoder stage does), wall time / rows;
+* encoder evaluation: the test rows' and neutral texts' vectors (``row_vectors``,
+  ``neutral_vectors``: what the gradients stage stores) encoded with ``encode_rows`` (what the
+  evaluate_encoder stage does), wall time / rows;
 * decoder grid: ``build_probe_set`` + ``build_lms_set`` + ``decoder_grid`` (what the
 evaluate_decoder
   stage does), wall time / measured points (grid points + the base point).
@@ -33,13 +34,19 @@ import torch
 from gradiend_core.base_model import load_base_model, select_param_space
 from gradiend_core.data import load_examples, take_balanced
 from gradiend_core.decoder_eval import build_lms_set, build_probe_set, decoder_grid
-from gradiend_core.encoder_eval import encode_examples, encode_neutral
+from gradiend_core.encoder_eval import encode_rows
 from gradiend_core.feature import ClassPair
 from gradiend_core.gradiend import Gradiend
-from gradiend_core.gradients import GradientComputer, needed_kinds
+from gradiend_core.gradients import (
+    GradientComputer,
+    fixed_batches,
+    needed_kinds,
+    neutral_vectors,
+    row_vectors,
+)
 from gradiend_core.pruning import importance, stratified_sample, top_k
 from gradiend_core.runtime import configure_torch, seed_everything
-from gradiend_core.training import round_robin_batches
+from gradiend_core.training import batch_schedule
 
 
 def peak_rss_gb() -> float:
@@ -88,10 +95,17 @@ def main() -> None:
         eps=1e-8,
         foreach=True,
     )
-    batches = round_robin_batches(train_rows, classes, int(w["batch_size"]), int(w["seed"]))
+    batches = fixed_batches(train_rows, classes, int(w["batch_size"]))
+    n_steps = int(w["warmup"]) + int(w["steps"])
+    order = batch_schedule(
+        [str(b["factual_class"].iloc[0]) for b in batches],
+        ClassPair.of(classes),
+        n_steps,
+        int(w["seed"]),
+    )
     times, losses = [], []
-    for _ in range(int(w["warmup"]) + int(w["steps"])):
-        batch = next(batches)
+    for i in order:
+        batch = batches[i]
         start = time.perf_counter()
         vec = computer.vectors(
             batch["masked"].tolist(),
@@ -112,8 +126,15 @@ def main() -> None:
     test = take_balanced(examples, "test", classes, int(enc["max_per_class"]))
     frame = pd.concat(
         [
-            encode_examples(computer, model, test, ClassPair.of(classes), source),
-            encode_neutral(computer, model, neutral[: int(enc["neutral_size"])], int(w["seed"])),
+            encode_rows(
+                model, row_vectors(computer, test, source, "test"), ClassPair.of(classes), source
+            ),
+            encode_rows(
+                model,
+                neutral_vectors(computer, neutral[: int(enc["neutral_size"])], int(w["seed"])),
+                ClassPair.of(classes),
+                source,
+            ),
         ],
         ignore_index=True,
     )
@@ -134,6 +155,8 @@ def main() -> None:
             feature_factors=dec["feature_factors"],
             learning_rates=dec["learning_rates"],
             batch_size=int(dec["batch_size"]),
+            lms_ratio=float(dec.get("lms_ratio", 0.99)),
+            search="grid",  # the reference measures every point
         ),
     )
     decoder_s = time.perf_counter() - t0

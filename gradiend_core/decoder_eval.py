@@ -12,9 +12,10 @@ restored exactly. Measures per point:
 
 Selection (``select``, §7.5): strengthening C considers the points with C's strengthening factor
 and maximizes P(C) on the other class's rows; weakening C considers the points with the other
-class's strengthening factor and maximizes 1 - P(C) on C's rows; only points with
-LMS >= ``lms_ratio`` × base LMS qualify; if none does, the smallest η is reported with
-``constraint_met: false``.
+class's strengthening factor and maximizes 1 - P(C) on C's rows; balancing considers every point
+and minimizes the balance gap (``balance_gap``: the mean over all test rows of
+|P(A) - P(B)| / (P(A) + P(B))); only points with LMS >= ``lms_ratio`` × base LMS qualify; if none
+does, the smallest η is reported with ``constraint_met: false``.
 """
 
 from __future__ import annotations
@@ -28,11 +29,18 @@ import torch
 from torch import nn
 
 from gradiend_core.base_model import BaseModel, ParamSpace
+from gradiend_core.block_cache import LowerBlockCache, first_edited_block
 from gradiend_core.errors import GradiendError
 from gradiend_core.feature import ClassPair
 from gradiend_core.gradiend import Gradiend, GradiendContext
 from gradiend_core.runtime import progress
-from gradiend_core.tokens import causal_prefix_ids, class_token_ids, left_pad, right_pad
+from gradiend_core.tokens import (
+    casing_variants,
+    causal_prefix_ids,
+    class_token_ids,
+    left_pad,
+    right_pad,
+)
 from gradiend_core.weight_edit import WeightEditor
 
 # Masked-LM LMS: the share of each neutral sentence's ordinary tokens that is masked, and the seed
@@ -86,21 +94,28 @@ def build_probe_set(
 
 
 @torch.no_grad()
-def class_probabilities(base: BaseModel, probe: ProbeSet, batch_size: int) -> torch.Tensor:
-    """(rows, classes): P(class tokens) at each row's prediction position."""
+def class_probabilities(
+    base: BaseModel, probe: ProbeSet, batch_size: int, cache: LowerBlockCache | None = None
+) -> torch.Tensor:
+    """(rows, classes): P(class tokens) at each row's prediction position.
+
+    ``cache`` (causal models) reuses the frozen lower blocks' output between weight edits."""
     dev = base.device
     out = []
     for start in range(0, len(probe.inputs), batch_size):
         chunk = probe.inputs[start : start + batch_size]
         if base.kind == "causal":
             ids, attn, pos = left_pad(chunk, base.tokenizer.pad_token_id)
-            logits = base.model(
-                input_ids=ids.to(dev),
-                attention_mask=attn.to(dev),
-                position_ids=pos.to(dev),
-                logits_to_keep=1,
-                use_cache=False,
-            ).logits[:, -1]  # (B, V)
+            inputs = {
+                "input_ids": ids.to(dev),
+                "attention_mask": attn.to(dev),
+                "position_ids": pos.to(dev),
+                "logits_to_keep": 1,
+            }
+            if cache is None:
+                logits = base.model(**inputs, use_cache=False).logits[:, -1]  # (B, V)
+            else:
+                logits = cache.logits(base.model, ("probe", start), **inputs)[:, -1]
         else:
             ids, attn = right_pad(chunk, base.tokenizer.pad_token_id)
             full = base.model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits
@@ -110,6 +125,24 @@ def class_probabilities(base: BaseModel, probe: ProbeSet, batch_size: int) -> to
         per_class = [probs[:, probe.token_ids[c]].sum(-1) for c in probe.classes]
         out.append(torch.stack(per_class, dim=-1).cpu())
     return torch.cat(out)
+
+
+def balance_gap(probs: torch.Tensor) -> float:
+    """Mean over rows of the relative gap |P(A) - P(B)| / (P(A) + P(B)) (§7.5, the balance goal).
+
+    ``probs`` is (rows, 2), the two classes' probabilities at each row. A row's gap is 0 when the
+    model gives both classes the same probability and 1 when it gives all of their joint mass to
+    one of them; dividing by the joint mass makes the gap ignore how likely either class is at all
+    (a row where the next word is rarely a pronoun counts as much as one where it surely is).
+    Averaging per row, not per class mean, keeps a model that is one-sided in opposite directions
+    on different rows from looking balanced. A row where neither class has any mass, or where the
+    probabilities are not finite (a diverged edit), counts as fully one-sided (1), so a degenerate
+    edit never looks balanced.
+    """
+    a, b = probs[:, 0].double(), probs[:, 1].double()
+    total = a + b
+    gap = torch.where(total > 0, (a - b).abs() / total, torch.ones_like(total))
+    return float(torch.nan_to_num(gap, nan=1.0).mean())
 
 
 def probs_by_dataset(probe: ProbeSet, probs: torch.Tensor) -> dict[str, dict[str, float]]:
@@ -126,15 +159,39 @@ def probs_by_dataset(probe: ProbeSet, probs: torch.Tensor) -> dict[str, dict[str
 
 @dataclass(frozen=True)
 class LmsSet:
-    """Tokenized neutral texts for the language-modelling score."""
+    """Tokenized texts for the language-modelling score (neutral sentences, or the filled test
+    rows when there are none, §7.4)."""
 
     kind: str
     sequences: list[list[int]]
     masked_positions: list[list[int]]  # masked LMs only
+    left_out: tuple[int, ...] = ()
+    """Token ids never scored (causal) or masked (masked LMs): the target words of filled rows."""
 
 
-def build_lms_set(base: BaseModel, texts: list[str], max_length: int) -> LmsSet:
-    """Tokenize the LMS texts once; for masked LMs also fix the masked positions."""
+def left_out_token_ids(tokenizer, words: list[str]) -> tuple[int, ...]:
+    """Sorted ids of every casing of ``words`` (lower, Title, UPPER) that is a single known token,
+    both as written and after a space, so a filled word is left out wherever it stands."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ids = set()
+    for word in words:
+        for variant in casing_variants(word):
+            for text in (variant, " " + variant):
+                pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
+                if len(pieces) == 1 and pieces[0] != unk:
+                    ids.add(pieces[0])
+    return tuple(sorted(ids))
+
+
+def build_lms_set(
+    base: BaseModel, texts: list[str], max_length: int, left_out_words: list[str] = ()
+) -> LmsSet:
+    """Tokenize the LMS texts once; for masked LMs also fix the masked positions.
+
+    ``left_out_words`` (the target words, when the texts are test rows with the mask filled by the
+    factual word, §7.4): their tokens are never scored, so the LMS measures the text around the
+    feature, not the feature the edit is meant to move; masked LMs never mask them.
+    """
     tok = base.tokenizer
     seqs = [
         tok(t, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
@@ -144,34 +201,44 @@ def build_lms_set(base: BaseModel, texts: list[str], max_length: int) -> LmsSet:
         raise GradiendError(
             "data/neutral.parquet has no text for the LMS; regenerate the data (data.neutral_size)."
         )
+    left_out = left_out_token_ids(tok, list(left_out_words)) if left_out_words else ()
     positions: list[list[int]] = []
     if base.kind == "masked":
-        special = set(tok.all_special_ids)
+        skip = set(tok.all_special_ids) | set(left_out)
         rng = random.Random(MLM_LMS_SEED)
         for s in seqs:
-            cand = [i for i, t in enumerate(s) if t not in special]
+            cand = [i for i, t in enumerate(s) if t not in skip]
             k = max(1, int(MLM_LMS_MASK_RATE * len(cand)))
             positions.append(sorted(rng.sample(cand, k)) if cand else [])
-    return LmsSet(base.kind, seqs, positions)
+    return LmsSet(base.kind, seqs, positions, left_out)
 
 
 @torch.no_grad()
-def language_modelling_score(base: BaseModel, lms_set: LmsSet, batch_size: int) -> dict:
-    """§7.4. Causal: ``lms`` = 1 / (1 + mean shifted NLL) (token t+1 scored from tokens <= t);
-    a non-finite NLL (a diverged edit) scores 0, so it can never pass the LMS constraint.
-    Masked: ``lms`` = accuracy on the fixed masked positions."""
+def language_modelling_score(
+    base: BaseModel, lms_set: LmsSet, batch_size: int, cache: LowerBlockCache | None = None
+) -> dict:
+    """§7.4. Causal: ``lms`` = 1 / (1 + mean shifted NLL) (token t+1 scored from tokens <= t,
+    except tokens in ``lms_set.left_out``); a non-finite NLL (a diverged edit) scores 0, so it
+    can never pass the LMS constraint. Masked: ``lms`` = accuracy on the fixed masked positions.
+    ``cache``: as in ``class_probabilities``."""
     dev, pad = base.device, base.tokenizer.pad_token_id
     total, count = 0.0, 0
     for start in range(0, len(lms_set.sequences), batch_size):
         chunk = lms_set.sequences[start : start + batch_size]
         ids, attn = right_pad(chunk, pad)
         if lms_set.kind == "causal":
-            out = base.model(input_ids=ids.to(dev), attention_mask=attn.to(dev), use_cache=False)
-            logits = out.logits.float()  # (B, T, V)
+            inputs = {"input_ids": ids.to(dev), "attention_mask": attn.to(dev)}
+            if cache is None:
+                logits = base.model(**inputs, use_cache=False).logits.float()  # (B, T, V)
+            else:
+                logits = cache.logits(base.model, ("lms", start), **inputs).float()
             nll = nn.functional.cross_entropy(
                 logits[:, :-1].transpose(1, 2), ids[:, 1:].to(dev), reduction="none"
             )  # (B, T-1): token t+1 given <= t
             keep = attn[:, 1:].to(dev).bool()
+            if lms_set.left_out:  # filled test rows: the target words are not scored
+                target = ids[:, 1:].to(dev)
+                keep &= ~torch.isin(target, torch.tensor(lms_set.left_out, device=dev))
             total += float(nll[keep].sum())
             count += int(keep.sum())
         else:
@@ -198,11 +265,24 @@ def language_modelling_score(base: BaseModel, lms_set: LmsSet, batch_size: int) 
 # ---- grid and selection ----------------------------------------------------------------------
 
 
-def measure(base: BaseModel, probe: ProbeSet, lms_set: LmsSet, batch_size: int) -> dict:
-    """Class probabilities and LMS of the model as it is now."""
-    probs = class_probabilities(base, probe, batch_size)
-    lms = language_modelling_score(base, lms_set, batch_size)
-    return {"probs_by_dataset": probs_by_dataset(probe, probs), **lms}
+def measure(
+    base: BaseModel,
+    probe: ProbeSet,
+    lms_set: LmsSet,
+    batch_size: int,
+    cache: LowerBlockCache | None = None,
+) -> dict:
+    """Class probabilities, the balance gap over all rows and the LMS of the model as it is now.
+
+    With a ``cache``, the first call must measure the unedited model (it records the frozen lower
+    blocks' output); later calls run only the edited blocks."""
+    probs = class_probabilities(base, probe, batch_size, cache)
+    lms = language_modelling_score(base, lms_set, batch_size, cache)
+    return {
+        "probs_by_dataset": probs_by_dataset(probe, probs),
+        "balance_gap": balance_gap(probs),
+        **lms,
+    }
 
 
 def decoder_grid(
@@ -212,35 +292,87 @@ def decoder_grid(
     probe: ProbeSet,
     lms_set: LmsSet,
     settings,
+    reuse_lower_blocks: bool = True,
 ) -> tuple[dict, list[dict]]:
-    """The base point and every (f, η) point of the grid (§7.3), each measured on the in-place
-    edited model. ``settings`` is the ``evaluate_decoder`` params section (``feature_factors``,
-    ``learning_rates``, ``batch_size``)."""
+    """The base point and the (f, η) points of the grid (§7.3), each measured on the in-place
+    edited model, the frozen lower blocks' output reused between points (``LowerBlockCache``).
+
+    ``settings`` is the ``evaluate_decoder`` params section: ``feature_factors``,
+    ``learning_rates``, ``batch_size``, ``lms_ratio`` and ``search``. With ``search: ascending``
+    each factor's η run stops after its first point below the LMS floor: every selection rule
+    picks among LMS-passing points only, so when the LMS falls monotonically with η the choices
+    equal the full grid's at about half the cost; ``grid`` measures every point (fuller plots).
+    ``reuse_lower_blocks=False`` runs full passes (benchmarks compare the two)."""
     editor = WeightEditor(base.model, space)
     batch_size = settings.batch_size
-    base_point = measure(base, probe, lms_set, batch_size)
+    first = first_edited_block(space) if reuse_lower_blocks else None
+    cache = LowerBlockCache(base.model, first)
+    base_point = measure(base, probe, lms_set, batch_size, cache)
     points = []
     grid = [
         (f, lr) for f in sorted(settings.feature_factors) for lr in sorted(settings.learning_rates)
     ]
+    floor = settings.lms_ratio * base_point["lms"]
+    failed: set[float] = set()  # feature factors whose ascending search has stopped
     for f, lr in progress(grid, desc="decoder grid"):
+        if f in failed:
+            continue
         editor.apply_gradiend(gradiend, f, lr)
         try:
-            measured = measure(base, probe, lms_set, batch_size)
-            points.append({"feature_factor": float(f), "learning_rate": float(lr), **measured})
+            measured = measure(base, probe, lms_set, batch_size, cache)
         finally:
             editor.restore()
+        points.append({"feature_factor": float(f), "learning_rate": float(lr), **measured})
+        if settings.search == "ascending" and measured["lms"] < floor:
+            failed.add(f)
     return base_point, points
+
+
+def select_balance(points: list[dict], base_point: dict, lms_ratio: float) -> dict | None:
+    """The grid point that brings the two classes closest together under the LMS constraint.
+
+    Goal ``balance`` (§7.5): among *all* points (both feature factors) with
+    LMS >= ``lms_ratio`` × base LMS, the smallest ``balance_gap``
+    (mean over both classes' test rows of |P(A) - P(B)| / (P(A) + P(B))) wins; ties go to the
+    smaller η, then to the smaller f. If no point qualifies, the smallest η is reported (among the
+    points at that η the smallest gap, then the smaller f) with ``constraint_met: false``, the same
+    fallback as strengthening. Only grid points compete, never the unedited model, so the chosen
+    gap can exceed the base gap (the rewrite then reports that it did not move the requested way).
+
+    Returns ``{feature_factor, learning_rate, value, constraint_met}`` (``value`` = the chosen
+    point's gap; the base gap is ``base_point['balance_gap']``), or None for an empty grid. The
+    record is this small because metrics/evaluate_decoder.json holds at most 60 values; the LMS
+    ratio of the point is in plots/evaluate_decoder/grid.csv and, re-measured, in
+    metrics/rewrite.json.
+    """
+    if not points:
+        return None
+    passing = [p for p in points if p["lms"] >= lms_ratio * base_point["lms"]]
+    if passing:
+        chosen = min(
+            passing, key=lambda p: (p["balance_gap"], p["learning_rate"], p["feature_factor"])
+        )
+    else:
+        chosen = min(
+            points, key=lambda p: (p["learning_rate"], p["balance_gap"], p["feature_factor"])
+        )
+    return {
+        "feature_factor": chosen["feature_factor"],
+        "learning_rate": chosen["learning_rate"],
+        "value": chosen["balance_gap"],
+        "constraint_met": bool(passing),
+    }
 
 
 def select(
     points: list[dict], base_point: dict, context: GradiendContext, lms_ratio: float
 ) -> dict[str, dict | None]:
-    """Strengthen/weaken choices per class under the LMS constraint (§7.5).
+    """Strengthen/weaken choices per class and the balance choice under the LMS constraint (§7.5).
 
-    Keys: ``'<class>'`` (strengthen) and ``'<class>_weaken'``. Among the points with the right
-    feature factor and LMS >= ``lms_ratio`` × base LMS, the one with the best value wins (ties:
-    the smaller η); a higher ``lms_ratio`` protects fluency at the cost of a smaller shift.
+    Keys: ``'<class>'`` (strengthen), ``'<class>_weaken'`` and ``'balance'`` (``select_balance``).
+    Among the points with the right feature factor and LMS >= ``lms_ratio`` × base LMS, the one
+    with the best value wins (ties: the smaller η); a higher ``lms_ratio`` protects fluency at the
+    cost of a smaller shift.
     """
     pair = context.pair
     out: dict[str, dict | None] = {}
@@ -275,16 +407,16 @@ def select(
                 "feature_factor": chosen["feature_factor"],
                 "learning_rate": chosen["learning_rate"],
                 "lms": chosen["lms"],
-                "base_lms": base_point["lms"],
                 "lms_ratio": chosen["lms"] / base_point["lms"],
                 "constraint_met": bool(passing),
             }
+    out["balance"] = select_balance(points, base_point, lms_ratio)
     return out
 
 
 def grid_table(points: list[dict], base_point: dict, pair: ClassPair) -> pd.DataFrame:
-    """One row per grid point: LMS ratio, P(C) on each class's rows, and the shift of the mean
-    P(C) over all test rows against the base model (the decoder plots read this)."""
+    """One row per grid point: LMS ratio, balance gap, P(C) on each class's rows, and the shift of
+    the mean P(C) over all test rows against the base model (the decoder plots read this)."""
     classes = pair.classes
 
     def mean_p(point: dict, c: str) -> float:
@@ -297,6 +429,7 @@ def grid_table(points: list[dict], base_point: dict, pair: ClassPair) -> pd.Data
             "learning_rate": p["learning_rate"],
             "lms": p["lms"],
             "lms_ratio": p["lms"] / base_point["lms"],
+            "balance_gap": p["balance_gap"],
         }
         row.update({f"p_{c}_on_{d}": p["probs_by_dataset"][d][c] for c in classes for d in classes})
         row.update({f"delta_p_{c}": mean_p(p, c) - mean_p(base_point, c) for c in classes})

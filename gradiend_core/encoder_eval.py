@@ -1,8 +1,9 @@
-"""Encoder evaluation: encode test-split and neutral gradients, summarise (docs/method.md §6)."""
+"""Encoder evaluation over the stored test and neutral gradients (docs/method.md §6).
+
+Three kinds of rows: the pair's test rows (labels ±1), identity rows of classes outside the pair
+(label 0, §1.3; each class its own group) and neutral sentences (label 0)."""
 
 from __future__ import annotations
-
-import random
 
 import pandas as pd
 import torch
@@ -10,68 +11,56 @@ import torch
 from gradiend_core.errors import GradiendError
 from gradiend_core.feature import ClassPair
 from gradiend_core.gradiend import Gradiend
-from gradiend_core.gradients import GradientComputer
-from gradiend_core.runtime import progress
 from gradiend_core.stats import pearson, ternary
+from gradiend_core.vectors import GradientStore, RowVectors
 
 FRAME_COLUMNS = ["type", "source_class", "label", "encoded", "text"]
 
 
 @torch.no_grad()
-def _encode(model: Gradiend, vector: torch.Tensor) -> float:
-    return float(model.encode(vector.to(model.encoder_weight.device))[0])
+def encode_rows(model: Gradiend, rows: RowVectors, pair: ClassPair, source: str) -> pd.DataFrame:
+    """One record per stored row vector: its type, group, label and encoding h = enc(g).
 
-
-def encode_examples(
-    computer: GradientComputer, model: Gradiend, rows: pd.DataFrame, pair: ClassPair, source: str
-) -> pd.DataFrame:
-    """One record per masked row: its source class, label (±1) and encoding."""
+    The pair's rows are type ``test`` with their source class and label ±1 (§3); rows of a class
+    outside the pair are type ``identity``, grouped under their class, label 0 (§1.3); neutral
+    sentences are type and group ``neutral``, label 0 (§1.6)."""
+    encoded = model.encode(rows.matrix.to(model.encoder_weight.device))[:, 0].cpu()  # (N,)
     out = []
-    rows_iter = progress(rows.itertuples(index=False), total=len(rows), desc="encode test rows")
-    for i, r in enumerate(rows_iter):
-        vec = computer.vectors(
-            [r.masked], [r.factual], [r.alternative], (source,), where=f"test example {i}"
-        )[source]
+    for cls, text, value in zip(rows.factual_class, rows.texts, encoded.tolist(), strict=True):
+        kind = "neutral" if cls == "neutral" else "test" if cls in pair else "identity"
         out.append(
             {
-                "type": "test",
-                "source_class": pair.source_class(r.factual_class, source),
-                "label": pair.label(r.factual_class, source),
-                "encoded": _encode(model, vec),
-                "text": r.masked,
-            }
-        )
-    return pd.DataFrame(out, columns=FRAME_COLUMNS)
-
-
-def encode_neutral(
-    computer: GradientComputer, model: Gradiend, texts: list[str], seed: int
-) -> pd.DataFrame:
-    """One record per neutral sentence (label 0): the encoding of its factual gradient at one
-    seeded random position (§1.6)."""
-    rng = random.Random(seed)
-    out = []
-    for text in progress(texts, desc="encode neutral rows"):
-        vec = computer.neutral_vector(text, rng)
-        out.append(
-            {
-                "type": "neutral",
-                "source_class": "neutral",
-                "label": 0,
-                "encoded": _encode(model, vec),
+                "type": kind,
+                "source_class": "neutral" if kind == "neutral" else pair.source_class(cls, source),
+                "label": 0 if kind == "neutral" else pair.label(cls, source),
+                "encoded": value,
                 "text": text,
             }
         )
-    return pd.DataFrame(out, columns=FRAME_COLUMNS)
+    # Typed columns even without rows (no neutral text, §1.6), so concatenating keeps floats.
+    return pd.DataFrame(out, columns=FRAME_COLUMNS).astype({"label": "int64", "encoded": "float64"})
 
 
 def encoder_metrics(frame: pd.DataFrame, classes: list[str]) -> dict:
     """§6: correlation and accuracy on the pair's test rows, plus neutral-aware views.
 
-    ``correlation`` is Pearson(encoding, label) on test rows; ``accuracy`` counts sign agreement;
-    the ``*_with_neutral`` views add the neutral rows with label 0 (ternary cut at ±0.5);
-    ``neutral.abs_mean`` is how far neutral text is pushed towards either class (0 is ideal).
+    ``correlation`` is Pearson(encoding, label) on the pair's test rows; ``accuracy`` counts sign
+    agreement; the ``*_with_neutral`` views add the neutral rows with label 0 (ternary cut at
+    ±0.5); ``neutral.abs_mean`` is how far neutral text is pushed towards either class (0 is
+    ideal). Identity rows (§1.3) stay out of all of these: ``groups.<class>`` reports, per class
+    outside the pair, their count, mean and mean |encoding| (0 is ideal for both), so a GRADIEND
+    that maps an unrelated class onto the pair's axis shows there, not as a lower correlation.
     """
+    identity = frame[frame["type"] == "identity"]
+    groups = {
+        g: {
+            "n": int(len(part)),
+            "mean": float(part["encoded"].mean()),
+            "abs_mean": float(part["encoded"].abs().mean()),
+        }
+        for g, part in identity.groupby("source_class", sort=False)
+    }
+    frame = frame[frame["type"] != "identity"]
     test = frame[frame["type"] == "test"]
     if test["label"].nunique() < 2:
         raise GradiendError(
@@ -100,28 +89,27 @@ def encoder_metrics(frame: pd.DataFrame, classes: list[str]) -> dict:
             "abs_mean": float(neutral.abs().mean()) if has_neutral else None,
             "std": float(neutral.std(ddof=0)) if has_neutral else None,
         },
+        "groups": groups,
         "n_test_rows": int(len(test)),
     }
 
 
-def evaluate_encoder(
-    computer: GradientComputer,
-    model: Gradiend,
-    context,
-    test_rows: pd.DataFrame,
-    neutral_texts: list[str],
-    seed: int,
-) -> tuple[pd.DataFrame, dict]:
-    """Encode the test rows and the neutral texts; return the per-row table and the metrics.
+def evaluate_encoder(model: Gradiend, context, store: GradientStore) -> tuple[pd.DataFrame, dict]:
+    """Encode the stored test and neutral vectors; return the per-row table and the metrics.
 
     ``context`` is the GRADIEND's saved ``GradiendContext`` (classes and source), so the labels
-    match what the GRADIEND was trained on; ``seed`` picks the neutral rows' target positions.
+    match what the GRADIEND was trained on; ``store`` holds the ``gradients`` stage's vectors.
     """
+    if store.source != context.source:
+        raise GradiendError(
+            f"models/gradients holds {store.source} vectors but the selected GRADIEND was trained "
+            f"on {context.source} vectors; rerun 'dvc repro'."
+        )
     pair = context.pair
     frame = pd.concat(
         [
-            encode_examples(computer, model, test_rows, pair, context.source),
-            encode_neutral(computer, model, neutral_texts, seed),
+            encode_rows(model, store.test, pair, context.source),
+            encode_rows(model, store.neutral, pair, context.source),
         ],
         ignore_index=True,
     )

@@ -10,7 +10,7 @@ needs no autograd graph over the (B, n) tensors: with R = 2 (y - t) / (B n),
     ∂/∂W_d = Rᵀ h      ∂/∂b_d = Σ_b R      ∂/∂z = (R W_d) ⊙ (1 - h²)      ∂/∂W_e = (∂/∂z)ᵀ s
     ∂/∂b_e = Σ_b ∂/∂z
 
-and the gradients are handed to ``torch.optim.AdamW`` (foreach). ``tests/test_model.py`` pins this
+and the gradients are handed to ``torch.optim.AdamW`` (fused). ``tests/test_model.py`` pins this
 against autograd.
 """
 

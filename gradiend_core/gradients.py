@@ -18,18 +18,22 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+import pandas as pd
 import torch
 from torch import nn
 
 from gradiend_core.base_model import BaseModel, ParamSpace, set_requires_grad
 from gradiend_core.errors import GradiendError
+from gradiend_core.feature import ClassPair
 from gradiend_core.mlm_head import MlmHead, build_masked_batch, pooled_mask_states
+from gradiend_core.runtime import progress
 from gradiend_core.tokens import (
     causal_prefix_ids,
     left_pad,
     require_single_token,
     single_token_id,
 )
+from gradiend_core.vectors import BatchVectors, GradientStore, RowVectors
 
 VECTOR_KINDS = ("factual", "alternative", "diff")
 
@@ -265,3 +269,115 @@ def open_computer(params, base: BaseModel, space: ParamSpace) -> GradientCompute
     grad = params.gradient
     head = MlmHead.load(MLM_HEAD) if grad.objective == "clm_mlm_head" else None
     return GradientComputer(base, space, grad.objective, params.feature.mask, grad.max_length, head)
+
+
+# ---- vectors computed once and stored (the gradients stage) ----------------------------------
+
+
+def fixed_batches(rows: pd.DataFrame, classes: list[str], batch_size: int) -> list[pd.DataFrame]:
+    """Each class's rows cut into consecutive batches of ``batch_size`` (remainder dropped),
+    classes in order. Rows keep the data stage's seeded order, so the cut is seeded too."""
+    batches = []
+    for cls in classes:
+        pool = rows[rows["factual_class"] == cls].reset_index(drop=True)
+        if len(pool) < batch_size:
+            raise GradiendError(
+                f"class {cls!r} has {len(pool)} training rows, fewer than train.batch_size = "
+                f"{batch_size}; lower train.batch_size or add data."
+            )
+        for start in range(0, len(pool) - batch_size + 1, batch_size):
+            batches.append(pool.iloc[start : start + batch_size])
+    return batches
+
+
+def require_zero_diff(vec: dict[str, torch.Tensor], factual, alternative, where: str) -> None:
+    """Identity rows (alternative = factual, §1.3): g_f and g_a come from the same logits, so
+    ``diff`` = ∂(L_f - L_f)/∂θ must be exactly the zero vector; anything else is a bug."""
+    if "diff" in vec and list(factual) == list(alternative):
+        nonzero = int(torch.count_nonzero(vec["diff"]))
+        if nonzero:
+            raise GradiendError(
+                f"{where}: an identity row's diff vector has {nonzero} non-zero entries, but"
+                " factual = alternative makes it exactly 0; report this as a bug."
+            )
+
+
+def batch_vectors(
+    computer: GradientComputer, rows: pd.DataFrame, classes: list[str], settings
+) -> BatchVectors:
+    """The source and target vectors of every fixed training batch (``settings``: ``train``).
+
+    ``classes`` are the pair's classes, then any identity classes (§1.3): an identity batch is
+    cut and computed like the others; its ``diff`` vector is exactly 0 (checked), and it is
+    labelled with its class so that the schedule can take it in turn."""
+    kinds = needed_kinds(settings.source, settings.target)
+    batches = fixed_batches(rows, classes, settings.batch_size)
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
+    for i, batch in enumerate(progress(batches, desc="training batch gradients")):
+        where = f"training batch {i} (starting {batch['masked'].iloc[0][:40]!r})"
+        factual, alternative = batch["factual"].tolist(), batch["alternative"].tolist()
+        vec = computer.vectors(batch["masked"].tolist(), factual, alternative, kinds, where=where)
+        require_zero_diff(vec, factual, alternative, where)
+        for k in kinds:
+            out[k].append(vec[k].cpu())
+    classes_of = [str(b["factual_class"].iloc[0]) for b in batches]
+    return BatchVectors(classes_of, {k: torch.stack(v) for k, v in out.items()})
+
+
+def row_vectors(computer: GradientComputer, rows: pd.DataFrame, kind: str, what: str) -> RowVectors:
+    """One ``kind`` vector per masked row, stored with the row's factual class (identity rows of
+    a class outside the pair keep their class, so evaluations can group them)."""
+    vectors = []
+    rows_iter = progress(rows.itertuples(index=False), total=len(rows), desc=f"{what} gradients")
+    for i, r in enumerate(rows_iter):
+        where = f"{what} example {i}"
+        vec = computer.vectors([r.masked], [r.factual], [r.alternative], (kind,), where=where)
+        require_zero_diff(vec, [r.factual], [r.alternative], where)
+        vectors.append(vec[kind].cpu())
+    return RowVectors(torch.stack(vectors), rows["factual_class"].tolist(), rows["masked"].tolist())
+
+
+def neutral_vectors(computer: GradientComputer, texts: list[str], seed: int) -> RowVectors:
+    """One factual vector per neutral sentence at a seeded random position (§1.6)."""
+    rng = random.Random(seed)
+    vectors = [computer.neutral_vector(t, rng).cpu() for t in progress(texts, desc="neutral")]
+    if not vectors:
+        return RowVectors(torch.zeros(0, computer.size), [], [])
+    return RowVectors(torch.stack(vectors), ["neutral"] * len(texts), list(texts))
+
+
+def compute_store(
+    computer: GradientComputer,
+    examples: pd.DataFrame,
+    validation: pd.DataFrame,
+    test: pd.DataFrame,
+    neutral_texts: list[str],
+    pair: ClassPair,
+    settings,
+    neutral_seed: int,
+    identity: list[str] = (),
+) -> GradientStore:
+    """Compute every reusable vector (the ``gradients`` stage, docs/method.md §4.2).
+
+    Args:
+        computer: gradient computer over the pre-pruned θ.
+        examples: all masked rows; the train split of the pair's classes and of the
+            ``identity`` classes is cut into fixed batches.
+        validation, test: rows encoded during training and by the encoder evaluation (identity
+            classes' rows included when they are to be reported, §1.3).
+        neutral_texts: sentences for the encoder evaluation's neutral rows (may be empty).
+        pair: the contrasted classes.
+        settings: ``train`` params (``source``, ``target``, ``batch_size``).
+        neutral_seed: picks each neutral sentence's target position.
+        identity: classes outside the pair whose rows train as identity rows (label 0, target
+            ``diff`` exactly 0): their batches follow the pair's in the store.
+    """
+    train_rows = examples[examples["split"] == "train"]
+    return GradientStore(
+        settings.source,
+        settings.target,
+        batch_vectors(computer, train_rows, [*pair.classes, *identity], settings),
+        row_vectors(computer, validation, settings.source, "validation"),
+        row_vectors(computer, test, settings.source, "test"),
+        neutral_vectors(computer, neutral_texts, neutral_seed),
+    )

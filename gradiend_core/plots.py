@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gradiend_core.feature import ClassPair  # noqa: E402
@@ -80,10 +81,12 @@ def decoder_heatmap(grid: pd.DataFrame, classes: list[str], path: str | Path) ->
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.2))
     for ax, (col, title) in zip(axes, panels, strict=True):
         table = grid.pivot(index="feature_factor", columns="learning_rate", values=col)
+        # Points the ascending search skipped are NaN: drawn blank, ignored by the color scale.
+        extent = float(np.nanmax(np.abs(table.values)))
         cmap, kw = (
             ("viridis", {})
             if col == "lms_ratio"
-            else ("coolwarm", {"vmin": -abs(table.values).max(), "vmax": abs(table.values).max()})
+            else ("coolwarm", {"vmin": -extent, "vmax": extent})
         )
         im = ax.imshow(table.values, aspect="auto", cmap=cmap, **kw)
         ax.set_xticks(
@@ -130,5 +133,106 @@ def probability_shift(
     ax.axhline(base["lms"], color="gray", ls=":", label="base")
     ax.set(xscale="log", xlabel="learning rate η", ylabel="LMS", title="language-modelling score")
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _not_applicable_figure(reason: str, path: str | Path) -> None:
+    """A small figure that only says why a probe has no result (e.g. a masked LM)."""
+    fig, ax = plt.subplots(figsize=(6, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, reason, ha="center", va="center", wrap=True)
+    _save(fig, path)
+
+
+def generation_rates(metrics: dict, classes: list[str], path: str | Path) -> None:
+    """Bars: share of continuations that mention each class, base vs rewritten, per decoding mode
+    (greedy, sampled) and over all continuations; one panel per class."""
+    if not metrics["applicable"]:
+        _not_applicable_figure(metrics["reason"], path)
+        return
+    groups = [("all", metrics["rates"])] + list(metrics["rates_by_mode"].items())
+    fig, axes = plt.subplots(1, len(classes), figsize=(5 * len(classes), 3.6), sharey=True)
+    width = 0.38
+    for ax, cls in zip(axes, classes, strict=True):
+        for offset, model in ((-width / 2, "base"), (width / 2, "rewritten")):
+            values = [rates[model][cls] for _, rates in groups]
+            heights = [float("nan") if v is None else v for v in values]
+            bars = ax.bar([i + offset for i in range(len(groups))], heights, width, label=model)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.set_xticks(range(len(groups)), [name for name, _ in groups])
+        ax.set(
+            ylim=(0, 1.05),
+            ylabel="share of continuations",
+            title=f"continuations that mention '{cls}'",
+        )
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"{metrics['prompts']} neutral prompts, {metrics['continuations_per_model']} "
+        "continuations per model",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def bias_scatter(table: pd.DataFrame, metrics: dict, classes: list[str], path: str | Path) -> None:
+    """P(A) - P(B) after each occupation prompt against its stereotype label (towards A), base and
+    rewritten, with each model's least-squares line and the ``examples`` labelled."""
+    if not metrics["applicable"]:
+        _not_applicable_figure(metrics["reason"], path)
+        return
+    a, b = classes
+    x = table["stereotype"].to_numpy()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for model, marker in (("base", "o"), ("rewritten", "^")):
+        y = table[f"gap_{model}"].to_numpy()
+        r = metrics["stereotype_correlation"][model]
+        points = ax.scatter(x, y, s=10, alpha=0.6, marker=marker, label=f"{model} (r = {r:+.3f})")
+        if len(x) > 1 and np.ptp(x) > 0:
+            slope, intercept = np.polyfit(x, y, 1)
+            ends = np.array([x.min(), x.max()])
+            ax.plot(ends, slope * ends + intercept, color=points.get_facecolor()[0], lw=1)
+    for job, example in metrics["examples"].items():
+        for model in ("base", "rewritten"):
+            ax.annotate(job, (example["stereotype"], example[model]), fontsize=7)
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.set(
+        xlabel=f"stereotype label towards '{a}' (published)",
+        ylabel=f"P({a}) - P({b}), next token",
+        title=f"Held-out occupation prompts ({metrics['occupations']} occupations)",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def comparison_heatmap(
+    labels: list[str],
+    panels: dict[str, tuple[list[list[float | None]], float]],
+    path: str | Path,
+) -> None:
+    """Annotated heatmaps side by side: per panel title a square matrix over ``labels`` (None is
+    drawn blank) and the lower end of its colour scale (0 for shares, -1 for cosines; the upper
+    end is 1), so figures of different runs share one scale."""
+    size = max(3.5, 0.6 * len(labels) + 2.0)
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
+    for ax, (title, (matrix, vmin)) in zip(axes[0], panels.items(), strict=True):
+        values = np.array(
+            [[np.nan if v is None else v for v in row] for row in matrix], dtype=float
+        ).reshape(len(labels), len(labels))
+        cmap = "viridis" if vmin >= 0 else "coolwarm"
+        im = ax.imshow(values, vmin=vmin, vmax=1.0, cmap=cmap)
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                v = values[i, j]
+                if np.isfinite(v):  # white on the dark ends of the colour map
+                    dark = (v - vmin) / (1 - vmin) < 0.6 if vmin >= 0 else abs(v) > 0.6
+                    color = "white" if dark else "black"
+                    ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color=color)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     _save(fig, path)

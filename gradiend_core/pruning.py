@@ -10,13 +10,18 @@ decimal written in params.yaml, so f = 0.07 of n = 100 keeps 7, not the 8 that b
 7.000000000000001 would give). Ties are broken by the lower index (a stable sort), so the selection
 is deterministic. The GRADIEND is then built at the pruned size: pruning shrinks the model, not just
 its output.
+
+Post-pruning (§5.3) ranks the coordinates of a *trained* GRADIEND by its own weights and zeroes the
+rest; the ``select`` stage applies it to the selected GRADIEND when ``post_prune.enabled`` is on.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,8 +29,14 @@ import torch
 
 from gradiend_core.base_model import ParamSpace
 from gradiend_core.errors import GradiendError
-from gradiend_core.gradients import GradientComputer
+from gradiend_core.feature import ClassPair
 from gradiend_core.runtime import progress
+
+if TYPE_CHECKING:  # annotations only: post-pruning (the select stage) needs neither module
+    from gradiend_core.gradiend import Gradiend
+    from gradiend_core.gradients import GradientComputer
+
+WEIGHT_SCORES = ("decoder", "encoder", "product")
 
 
 def stratified_sample(
@@ -65,19 +76,32 @@ def importance(computer: GradientComputer, sample: pd.DataFrame, source: str) ->
     return (total / len(sample)).abs().float()
 
 
-def top_k(scores: torch.Tensor, topk: float | int) -> torch.Tensor:
-    """Indices (ascending) of the k largest scores; ties keep the lower index."""
-    n = scores.numel()
-    k = (
-        math.ceil(Fraction(repr(topk)) * n) if isinstance(topk, float) else int(topk)
-    )  # exact decimal f, no float round-up
+def topk_count(topk: float | int, n: int, param: str = "pre_prune.topk") -> int:
+    """k of the top-k primitive (§5.1): ceil(f·n) for a fraction f (the exact decimal written in
+    params.yaml, so 0.07 of 100 is 7), or the count itself; more than n is an error naming
+    ``param``."""
+    k = math.ceil(Fraction(repr(topk)) * n) if isinstance(topk, float) else int(topk)
     if k > n:
         raise GradiendError(
-            f"params.yaml: 'pre_prune.topk' = {topk} keeps more coordinates than the gradient"
+            f"params.yaml: '{param}' = {topk} keeps more coordinates than the gradient"
             f" vector has ({n}); use a fraction in (0, 1] or a count <= {n}."
         )
-    order = torch.sort(scores.cpu(), descending=True, stable=True).indices
-    return order[:k].sort().values
+    return k
+
+
+def ranked(scores: torch.Tensor) -> torch.Tensor:
+    """All indices, largest score first; equal scores keep the lower index first (stable sort).
+
+    This is the one place the tie rule of §5.1 lives: pre-pruning, post-pruning and the top-k
+    export of ``comparison`` all take a prefix of this order.
+    """
+    return torch.sort(scores.detach().cpu(), descending=True, stable=True).indices
+
+
+def top_k(scores: torch.Tensor, topk: float | int, param: str = "pre_prune.topk") -> torch.Tensor:
+    """Indices (ascending) of the k largest scores; ties keep the lower index."""
+    k = topk_count(topk, scores.numel(), param)
+    return ranked(scores)[:k].sort().values
 
 
 @dataclass(frozen=True)
@@ -112,13 +136,65 @@ def pre_prune(
     Args:
         computer: gradient computer over the *full* θ.
         examples: masked rows; only the train split is sampled.
-        feature: ``feature`` params (the classes the sample is stratified over).
+        feature: ``feature`` params (the sample is stratified over the contrasted pair,
+            ``ClassPair.of_feature``; identity rows have no feature direction to rank by).
         settings: ``pre_prune`` params — ``n_samples`` (more: a steadier importance estimate, one
             backward pass each), ``topk`` (fraction or count; smaller: a faster GRADIEND that may
             miss weights the feature uses), ``source`` vector and the sampling ``seed``.
     """
     train = examples[examples["split"] == "train"]
-    sample = stratified_sample(train, feature.classes, settings.n_samples, settings.seed)
+    classes = ClassPair.of_feature(feature).classes
+    sample = stratified_sample(train, classes, settings.n_samples, settings.seed)
     scores = importance(computer, sample, settings.source)
     space = computer.space.with_kept(top_k(scores, settings.topk))
     return PrePruneResult(space, scores, len(sample), settings.source)
+
+
+# ---- post-pruning (§5.3) ----------------------------------------------------------------------
+
+
+def weight_scores(model: Gradiend, by: str) -> torch.Tensor:
+    """Importance of each of the n coordinates from a trained GRADIEND's own weights (§5.3).
+
+        decoder:  s_i = |W_d[i]|          encoder:  s_i = |W_e[:, i]|
+        product:  s_i = |W_e[:, i]| · |W_d[i]|
+
+    For d = 1 these are absolute values; for d > 1 |·| is the L2 norm over the latent units.
+    ``decoder`` ranks by how much the edit θ + η·dec(f) moves a weight, ``encoder`` by how much the
+    weight's gradient moves the encoding; ``product`` keeps coordinates that matter to both (a
+    coordinate the encoder ignores but the decoder edits, or the reverse, ranks low). Float64 on
+    the CPU: the product of two float32 magnitudes is exact there, so rounding creates no ties.
+    """
+    if by not in WEIGHT_SCORES:
+        raise GradiendError(f"unknown weight score {by!r}; use one of {', '.join(WEIGHT_SCORES)}.")
+    with torch.no_grad():
+        decoder = model.decoder_weight.detach().double().cpu().norm(dim=1)  # (n,)
+        encoder = model.encoder_weight.detach().double().cpu().norm(dim=0)  # (n,)
+    score = {"decoder": decoder, "encoder": encoder}.get(by)
+    return decoder * encoder if score is None else score
+
+
+def post_prune(model: Gradiend, topk: float | int, by: str) -> tuple[Gradiend, torch.Tensor]:
+    """Keep the top-k coordinates of a trained GRADIEND by ``weight_scores(model, by)``, zero the
+    rest; return the pruned copy and the kept positions (ascending).
+
+    At a dropped coordinate i, W_e[:, i], W_d[i] **and** b_d[i] become 0, so that i affects neither
+    the encoding h = tanh(W_e s + b_e) nor the edit θ' = θ + η·(W_d f + b_d): the pruned GRADIEND is
+    exactly the GRADIEND with coordinate i removed, while keeping the shape (n) and the parameter
+    space, so evaluation and rewrite read it unchanged. Zeroing only W_d would leave every dropped
+    weight edited by η·b_d, and the encoder still reading it; shrinking n instead would need a new
+    parameter space for the same effect. b_e is kept (it is not per coordinate). ``topk`` is a
+    fraction (ceil(f·n)) or a count as in §5.1, ties by the lower position. The input is unchanged.
+    """
+    scores = weight_scores(model, by)
+    n = scores.numel()
+    kept = top_k(scores, topk, "post_prune.topk")
+    dropped = torch.ones(n, dtype=torch.bool)
+    dropped[kept] = False
+    pruned = copy.deepcopy(model)
+    dropped = dropped.to(model.decoder_bias.device)
+    with torch.no_grad():
+        pruned.encoder_weight[:, dropped] = 0.0
+        pruned.decoder_weight[dropped, :] = 0.0
+        pruned.decoder_bias[dropped] = 0.0
+    return pruned, kept

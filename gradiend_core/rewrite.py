@@ -20,7 +20,20 @@ from gradiend_core.weight_edit import WeightEditor
 
 
 def selection_for(decoder_metrics: dict, target_class: str, direction: str) -> dict:
-    """The decoder grid's choice for (``target_class``, ``direction``)."""
+    """The decoder grid's choice for (``target_class``, ``direction``).
+
+    ``strengthen`` reads the key ``<target_class>``, ``weaken`` ``<target_class>_weaken`` and
+    ``balance`` the key ``balance``, which ignores ``target_class`` (balancing concerns both
+    classes; the param stays required so that switching the direction is a one-key change).
+    """
+    if direction == "balance":
+        chosen = decoder_metrics.get("selection", {}).get("balance")
+        if chosen is None:
+            raise GradiendError(
+                "metrics/evaluate_decoder.json: the decoder grid has no 'balance' choice (written "
+                "by an older version, or an empty grid); rerun 'dvc repro evaluate_decoder'."
+            )
+        return chosen
     key = target_class if direction == "strengthen" else f"{target_class}_weaken"
     chosen = decoder_metrics.get("selection", {}).get(key)
     if chosen is None:
@@ -35,10 +48,19 @@ def selection_for(decoder_metrics: dict, target_class: str, direction: str) -> d
 def model_card(base_source: str, chosen: dict, context: dict, metrics: dict) -> str:
     """README.md of the rewritten checkpoint: what was edited and what it changed."""
     a, b = context["classes"]
-    p_row = (
-        f"| P({chosen['class']}) on {chosen['rows_of_class']} test rows |"
-        f" {metrics['target_probability_before']:.4f} | {metrics['target_probability_after']:.4f} |"
-    )
+    if metrics["direction"] == "balance":
+        goal = f"**balance** the classes `{a}` and `{b}`"
+        p_row = (
+            f"| mean \\|P({a}) - P({b})\\| / (P({a}) + P({b})) on all test rows |"
+            f" {metrics['balance_gap_before']:.4f} | {metrics['balance_gap_after']:.4f} |"
+        )
+    else:
+        goal = f"**{chosen['direction']}** the class `{chosen['class']}`"
+        p_row = (
+            f"| P({chosen['class']}) on {chosen['rows_of_class']} test rows |"
+            f" {metrics['target_probability_before']:.4f} |"
+            f" {metrics['target_probability_after']:.4f} |"
+        )
     lms_row = (
         f"| language-modelling score (LMS) | {metrics['lms_before']:.4f} "
         f"| {metrics['lms_after']:.4f} |"
@@ -51,10 +73,7 @@ def model_card(base_source: str, chosen: dict, context: dict, metrics: dict) -> 
         "",
         f"# {a} / {b} rewrite of {base_source}",
         "",
-        (
-            f"This checkpoint is `{base_source}` with its weights edited by a GRADIEND to "
-            f"**{chosen['direction']}** the class `{chosen['class']}`:"
-        ),
+        f"This checkpoint is `{base_source}` with its weights edited by a GRADIEND to {goal}:",
         (
             f"θ' = θ + η·dec(f) with feature factor f = {chosen['feature_factor']:+g} and learning"
             f" rate η = {chosen['learning_rate']:g}."
@@ -80,14 +99,29 @@ def model_card(base_source: str, chosen: dict, context: dict, metrics: dict) -> 
 
 
 def rewrite_metrics(before: dict, after: dict, chosen: dict, settings, lms_ratio: float) -> dict:
-    """Before/after of the target probability and the LMS (``metrics/rewrite.json``)."""
-    dataset, target = chosen["rows_of_class"], settings.target_class
-    p_before = before["probs_by_dataset"][dataset][target]
-    p_after = after["probs_by_dataset"][dataset][target]
-    moved = p_after - p_before
+    """Before/after of the goal's measure, both classes' probabilities and the LMS
+    (``metrics/rewrite.json``).
+
+    ``before``/``after`` are ``decoder_eval.measure`` results of the base and the saved model.
+    Always reported: ``probs_by_dataset_before/after`` (mean P(C) on each class's rows) and
+    ``balance_gap_before/after`` (mean over all test rows of |P(A) - P(B)| / (P(A) + P(B))).
+    For ``strengthen``/``weaken``, ``target_probability_before/after`` is P(target) on the
+    selected rows and ``moved_in_requested_direction`` says it rose/fell. For ``balance``,
+    ``target_class``, ``rows_of_class`` and ``target_probability_*`` are null (no single target)
+    and ``moved_in_requested_direction`` says the balance gap decreased.
+    """
+    direction = settings.direction
+    if direction == "balance":
+        target = dataset = p_before = p_after = None
+        moved = after["balance_gap"] < before["balance_gap"]
+    else:
+        dataset, target = chosen["rows_of_class"], settings.target_class
+        p_before = before["probs_by_dataset"][dataset][target]
+        p_after = after["probs_by_dataset"][dataset][target]
+        moved = p_after > p_before if direction == "strengthen" else p_after < p_before
     return {
         "target_class": target,
-        "direction": settings.direction,
+        "direction": direction,
         "rows_of_class": dataset,
         "feature_factor": chosen["feature_factor"],
         "learning_rate": chosen["learning_rate"],
@@ -95,14 +129,29 @@ def rewrite_metrics(before: dict, after: dict, chosen: dict, settings, lms_ratio
         "target_probability_after": p_after,
         "probs_by_dataset_before": before["probs_by_dataset"],
         "probs_by_dataset_after": after["probs_by_dataset"],
+        "balance_gap_before": before["balance_gap"],
+        "balance_gap_after": after["balance_gap"],
         "lms_before": before["lms"],
         "lms_after": after["lms"],
         "lms_ratio": after["lms"] / before["lms"],
         "lms_constraint_met": after["lms"] >= lms_ratio * before["lms"],
-        "moved_in_requested_direction": bool(
-            moved > 0 if settings.direction == "strengthen" else moved < 0
-        ),
+        "moved_in_requested_direction": bool(moved),
     }
+
+
+def rewrite_summary(metrics: dict) -> str:
+    """One log line of ``rewrite_metrics``: the goal's measure before -> after and the LMS ratio."""
+    if metrics["direction"] == "balance":
+        moved = (
+            f"balance gap {metrics['balance_gap_before']:.4f} -> {metrics['balance_gap_after']:.4f}"
+        )
+    else:
+        moved = (
+            f"P {metrics['target_probability_before']:.4f} -> "
+            f"{metrics['target_probability_after']:.4f}"
+        )
+    goal = metrics["target_class"] or "both classes"
+    return f"rewrite ({metrics['direction']} {goal}): {moved}, LMS ratio {metrics['lms_ratio']:.4f}"
 
 
 def rewrite_checkpoint(
@@ -123,7 +172,8 @@ def rewrite_checkpoint(
     """Edit θ by the chosen point, save the checkpoint, reload it and measure (§8).
 
     Args:
-        settings: ``rewrite`` params (``target_class``, ``direction``).
+        settings: ``rewrite`` params (``target_class``, ``direction``; ``balance`` ignores the
+            class).
         decoder: ``evaluate_decoder`` params (``batch_size`` and the ``lms_ratio`` constraint the
             saved model is checked against).
         runtime: ``runtime`` params (device and dtype of the reloaded checkpoint).

@@ -5,8 +5,11 @@ One convention serves training, encoder and decoder evaluation and the rewrite
 
 * causal models read the **prefix**: the text before the first mask, right-stripped, with the
   tokenizer's special tokens, keeping its last ``max_length`` tokens;
-* the **target** of a word is the single token of ``" " + word`` for causal (BPE) models and of
-  ``word`` for masked LMs; a word that splits, or maps to the unknown token, has no single token;
+* the **target** of a word is the single token of ``" " + word``: the word follows a space in
+  running text, so byte-level BPE vocabularies (GPT-2, Llama 3, RoBERTa, whose mask token absorbs
+  the space before it) hold it as the space-prefixed entry, while WordPiece and SentencePiece
+  tokenizers (BERT, ALBERT) ignore the leading space; a word that splits, or maps to the unknown
+  token, has no single token;
 * batches are **left-padded** with explicit position ids, so the last column is every row's last
   real token and positions restart at 0 on each row's first real token.
 """
@@ -35,8 +38,14 @@ def causal_prefix_ids(tokenizer, masked: str, mask: str, max_length: int) -> lis
 
 
 def word_text(word: str, kind: str) -> str:
-    """The string whose single token stands for ``word``: space-prefixed for causal models."""
-    return " " + word if kind == "causal" else word
+    """The string whose single token stands for ``word`` in running text: ``" " + word``.
+
+    The same text for both kinds ('causal' | 'masked'): a causal model emits the space-prefixed
+    token after a right-stripped prefix, and a RoBERTa-style masked LM predicts it at a mask that
+    absorbed the space before it (``lstrip``); WordPiece/SentencePiece masked LMs (BERT, ALBERT)
+    give " he" and "he" the same id.
+    """
+    return " " + word
 
 
 def single_token_id(tokenizer, word: str, kind: str) -> int | None:
@@ -122,8 +131,10 @@ def tokenize_with_masks(
 
     Pieces are tokenized separately: the prefix (right-stripped, with special tokens), then each
     later piece without special tokens, keeping its leading space (so " said" after a mask is the
-    usual space-prefixed token). A sequence longer than ``max_length`` is cut so that the first
-    mask and the ``keep_after`` tokens after it survive. Returns (ids, mask positions).
+    usual space-prefixed token). Every piece that another mask follows is right-stripped like the
+    prefix, so its trailing space never becomes a token of its own before the next mask. A
+    sequence longer than ``max_length`` is cut so that the first mask and the ``keep_after``
+    tokens after it survive. Returns (ids, mask positions).
     """
     pieces = text.split(mask)
     if len(pieces) < 2:
@@ -134,9 +145,11 @@ def tokenize_with_masks(
     placeholder = tokenizer.pad_token_id
     ids = list(tokenizer(pieces[0].rstrip(), add_special_tokens=True)["input_ids"])
     masks = []
-    for piece in pieces[1:]:
+    for i, piece in enumerate(pieces[1:], start=1):
         masks.append(len(ids))
         ids.append(placeholder)
+        if i < len(pieces) - 1:
+            piece = piece.rstrip()  # another mask follows: as for the prefix
         if piece:
             ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
     if len(ids) > max_length:

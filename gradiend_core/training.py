@@ -1,33 +1,34 @@
-"""Training one GRADIEND: batching, evaluation during training, sign flips, convergence (§4).
+"""Training one GRADIEND: batches, evaluation during training, sign flips, convergence (§4).
 
-One step = ``gradiend_batch_size`` stacked base-gradient vectors, each the mean over ``batch_size``
-examples of a single transition; transitions alternate round-robin and each class's rows are
-reshuffled whenever they run out (docs/method.md §4.2). The base model is frozen, so the validation
-rows' source gradients never change: they are computed once and every evaluation is a single
-matrix product (§4.3).
+The base-model gradient vectors come from the ``gradients`` stage (``gradiend_core.vectors``): the
+training rows are cut once into fixed batches whose source and target vectors are stored, and a
+seed draws the order of the batches — round-robin over the transitions A→B, B→A and any identity
+classes (§1.3), each transition's batches reshuffled whenever they run out (docs/method.md §4.2).
+A step stacks ``gradiend_batch_size`` batch vectors and takes one closed-form AdamW step; no
+base-model pass happens here.
 
 Evaluation (step 0, every ``eval_steps``, last step): Pearson correlation between enc(g_source) and
-the label. Below ``FLIP_THRESHOLD`` the GRADIEND is flipped exactly (``Gradiend.flip_sign``) so that
-class A encodes towards +1 (§4.4). The best checkpoint is the evaluation after step 0 with the
-largest |correlation|, ties keeping the earlier one (§4.5); convergence is judged on it (§4.6).
+the label on the stored validation vectors (§4.3). Below ``FLIP_THRESHOLD`` the GRADIEND is flipped
+exactly (``Gradiend.flip_sign``) so that class A encodes towards +1 (§4.4). The best checkpoint is
+the evaluation with the largest |correlation|, ties keeping the earlier one (§4.5); step 0
+competes too, and a run whose best is step 0 never improved on its initialization, so it never
+counts as converged (§4.6).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 
 from gradiend_core.errors import GradiendError
 from gradiend_core.feature import ClassPair
 from gradiend_core.gradiend import Gradiend
-from gradiend_core.gradients import GradientComputer, needed_kinds
 from gradiend_core.runtime import progress
 from gradiend_core.stats import pearson
+from gradiend_core.vectors import GradientStore, RowVectors
 
 LOG = logging.getLogger(__name__)
 
@@ -40,34 +41,35 @@ FLIP_THRESHOLD = -0.6
 ADAM_EPS = 1e-8
 
 
-def round_robin_batches(
-    rows: pd.DataFrame, classes: list[str], batch_size: int, seed: int
-) -> Iterator[pd.DataFrame]:
-    """Endless batches alternating between the classes' transitions (§4.2).
+def batch_schedule(batch_classes: list[str], pair: ClassPair, count: int, seed: int) -> list[int]:
+    """``count`` batch positions, round-robin over the transitions (§4.2): A→B, B→A, then each
+    identity class present in ``batch_classes`` (§1.3, in stored order), and again.
 
-    Each batch holds ``batch_size`` rows of one factual class; a class's rows are reshuffled with
-    the seeded generator whenever they are exhausted (a trailing partial batch is dropped).
+    Each transition's batches come in a seeded random order, reshuffled whenever they run out.
+    One identity transition per class, not one for all of them, gives every class outside the
+    pair as many steps as each direction of the pair: with k identity classes a share k/(k + 2)
+    of the steps teaches the GRADIEND to leave unrelated classes at 0, at the cost of fewer
+    pair steps per ``train.max_steps``.
     """
-    rng = np.random.default_rng(seed)
-    pools = []
-    for cls in classes:
-        pool = rows[rows["factual_class"] == cls].reset_index(drop=True)
-        if len(pool) < batch_size:
+    generator = torch.Generator().manual_seed(seed)
+    transitions = [*pair.classes, *dict.fromkeys(c for c in batch_classes if c not in pair)]
+    pools = {c: [i for i, b in enumerate(batch_classes) if b == c] for c in transitions}
+    for cls, pool in pools.items():
+        if not pool:
             raise GradiendError(
-                f"class {cls!r} has {len(pool)} training rows, fewer than train.batch_size = "
-                f"{batch_size}; lower train.batch_size or add data."
+                f"class {cls!r} has no training batch; lower train.batch_size or add data."
             )
-        pools.append(pool)
-    cursors: list[Iterator[pd.DataFrame]] = [iter(()) for _ in pools]
-    while True:
-        for i, pool in enumerate(pools):
-            batch = next(cursors[i], None)
-            if batch is None:
-                order = rng.permutation(len(pool))
-                starts = range(0, len(pool) - batch_size + 1, batch_size)
-                cursors[i] = iter([pool.iloc[order[s : s + batch_size]] for s in starts])
-                batch = next(cursors[i])
-            yield batch
+    queues: dict[str, list[int]] = {c: [] for c in transitions}
+    out: list[int] = []
+    while len(out) < count:
+        for cls in transitions:
+            if len(out) == count:
+                break
+            if not queues[cls]:
+                order = torch.randperm(len(pools[cls]), generator=generator).tolist()
+                queues[cls] = [pools[cls][j] for j in order]
+            out.append(queues[cls].pop(0))
+    return out
 
 
 @dataclass(frozen=True)
@@ -77,14 +79,16 @@ class Evaluation:
     step: int
     correlation: float
     mean_by_class: dict[str, float]
-    """Mean encoding per *source* class (the class of the fed gradient)."""
+    """Mean encoding per *source* class of the pair (the class of the fed gradient)."""
     flipped: bool
     encoder_norm: float
     decoder_norm: float
+    other_means: dict[str, float] = field(default_factory=dict)
+    """Mean encoding of each identity class's rows (label 0, §1.3); empty without them."""
 
     def row(self) -> dict:
         """A flat record for ``eval.csv`` and ``training.json``."""
-        means = {f"mean_{k}": v for k, v in self.mean_by_class.items()}
+        means = {f"mean_{k}": v for k, v in {**self.mean_by_class, **self.other_means}.items()}
         return {
             "step": self.step,
             "correlation": self.correlation,
@@ -96,38 +100,64 @@ class Evaluation:
 
 
 class EvalSet:
-    """Validation source gradients, computed once; an evaluation is then one matrix product."""
+    """Validation source vectors with their labels; an evaluation is one matrix product.
 
-    def __init__(
-        self, computer: GradientComputer, rows: pd.DataFrame, pair: ClassPair, source: str
-    ):
-        rows_iter = progress(
-            rows.itertuples(index=False), total=len(rows), desc="validation gradients"
-        )
-        vectors = [
-            computer.vectors(
-                [r.masked], [r.factual], [r.alternative], (source,), where=f"validation example {i}"
-            )[source]
-            for i, r in enumerate(rows_iter)
-        ]
-        self.matrix = torch.stack(vectors)  # (N, n)
-        labels = [pair.label(c, source) for c in rows["factual_class"]]
+    Rows of a class outside the pair (identity rows, §1.3) have label 0 and their own group: they
+    are encoded with the rest, but the correlation, the sign flip and convergence look at the
+    pair's rows only; their mean encodings are reported beside (``Evaluation.other_means``)."""
+
+    def __init__(self, rows: RowVectors, pair: ClassPair, source: str):
+        self.matrix = rows.matrix  # (N, n)
+        labels = [pair.label(c, source) for c in rows.factual_class]
         self.labels = torch.tensor(labels, dtype=torch.float32)  # (N,)
-        self.groups = [pair.source_class(c, source) for c in rows["factual_class"]]
+        self.groups = [pair.source_class(c, source) for c in rows.factual_class]
         self.classes = pair.classes
+        self.others = list(dict.fromkeys(c for c in rows.factual_class if c not in pair))
+        self.in_pair = torch.tensor([c in pair for c in rows.factual_class], dtype=torch.bool)
 
     @torch.no_grad()
     def evaluate(self, model: Gradiend, step: int, normalize: bool, optimizer=None) -> Evaluation:
         """Correlation and class means of the encodings; flips ``model`` (and the optimizer's
         first moments) when ``normalize`` and the correlation is below ``FLIP_THRESHOLD``."""
         enc = model.encode(self.matrix)[:, 0].cpu()  # (N,)
-        corr = pearson(enc, self.labels)
+        if self.others:
+            corr = pearson(enc[self.in_pair], self.labels[self.in_pair])
+        else:
+            corr = pearson(enc, self.labels)
         flipped = normalize and model.latent_dim == 1 and corr < FLIP_THRESHOLD
         if flipped:
             model.flip_sign(optimizer)
             enc, corr = -enc, -corr
-        means = {c: float(enc[[g == c for g in self.groups]].mean()) for c in self.classes}
-        return Evaluation(step, corr, means, flipped, **model.norms())
+
+        def mean_of(group: str) -> float:
+            return float(enc[[g == group for g in self.groups]].mean())
+
+        means = {c: mean_of(c) for c in self.classes}
+        other_means = {c: mean_of(c) for c in self.others}
+        return Evaluation(step, corr, means, flipped, **model.norms(), other_means=other_means)
+
+
+def diagnose(best: Evaluation | None, threshold: float, mean_threshold: float) -> str:
+    """Why a run did or did not converge, in words (the first failed rule of ``converged``)."""
+    if best is None:
+        return "no evaluation"
+    means = list(best.mean_by_class.values())
+    shown = ", ".join(f"{c} {m:+.3f}" for c, m in best.mean_by_class.items())
+    if best.step <= 0:
+        return "not converged: the best evaluation is step 0, training never improved on it"
+    if all(m > 0 for m in means) or all(m < 0 for m in means):
+        return f"collapsed: every class encodes to the same sign ({shown})"
+    if best.correlation < threshold:
+        return (
+            f"not converged: correlation {best.correlation:.3f} is below "
+            f"train.convergence_threshold = {threshold}"
+        )
+    if min(abs(m) for m in means) < mean_threshold:
+        return (
+            f"not converged: a class mean is closer to 0 than "
+            f"train.convergence_mean_threshold = {mean_threshold} ({shown})"
+        )
+    return "converged"
 
 
 def converged(best: Evaluation | None, threshold: float, mean_threshold: float) -> bool:
@@ -149,6 +179,7 @@ class TrainResult:
     evaluations: list[Evaluation]
     losses: list[float]
     converged: bool
+    diagnosis: str
 
     def report(self, seed: int, input_dim: int) -> dict:
         """Headline scalars of the run: ``metrics/train/seed_<s>.json``."""
@@ -158,71 +189,61 @@ class TrainResult:
             "input_dim": input_dim,
             "steps": len(self.losses),
             "converged": self.converged,
+            "diagnosis": self.diagnosis,
             "best_step": best.step if best else None,
             "best_correlation": best.correlation if best else None,
-            "mean_by_class": best.mean_by_class if best else None,
+            "mean_by_class": {**best.mean_by_class, **best.other_means} if best else None,
             "final_loss": self.losses[-1],
             "sign_flips": sum(e.flipped for e in self.evaluations),
         }
 
 
-def train_gradiend(
-    computer: GradientComputer,
-    train_rows: pd.DataFrame,
-    eval_rows: pd.DataFrame,
-    pair: ClassPair,
-    settings,
-    seed: int,
-) -> TrainResult:
-    """Train one GRADIEND on base-model gradients (docs/method.md §4).
+def train_gradiend(store: GradientStore, pair: ClassPair, settings, seed: int) -> TrainResult:
+    """Train one GRADIEND on stored base-model gradients (docs/method.md §4).
 
     Args:
-        computer: produces the flat gradient vectors over θ's kept coordinates; its ``size`` is the
-            GRADIEND's input dimension n.
-        train_rows: masked training rows; batches come from ``round_robin_batches``.
-        eval_rows: validation rows, encoded at step 0, every ``eval_steps`` and at the last step.
-        pair: the contrasted classes (labels and groups of the evaluation).
-        settings: the ``train`` params — ``source``/``target`` vectors, AdamW ``learning_rate`` and
-            ``weight_decay``, ``batch_size`` examples per base gradient (larger: smoother vectors,
-            fewer distinct training signals), ``gradiend_batch_size`` vectors per step (larger:
-            one base pass more per step), ``max_steps``, ``eval_steps`` (smaller: a finer choice of
-            the best checkpoint), ``normalize_sign`` and the convergence thresholds.
-        seed: initialisation and batch order.
+        store: the ``gradients`` stage's vectors: fixed training batches (``source`` and
+            ``target`` kinds; their number fixes how many distinct signals a run sees) and the
+            validation rows' ``source`` vectors (the GRADIEND's input dimension n is theirs).
+        pair: the contrasted classes (labels and groups of the evaluation); stored batches and
+            validation rows of any other class are identity rows (§1.3), scheduled in turn and
+            reported as their own groups.
+        settings: the ``train`` params — ``source``/``target`` (must match the store), AdamW
+            ``learning_rate`` and ``weight_decay``, ``gradiend_batch_size`` batch vectors per step
+            (larger: smoother steps, batches used up sooner), ``max_steps``, ``eval_steps``
+            (smaller: a finer choice of the best checkpoint), ``normalize_sign`` and the
+            convergence thresholds.
+        seed: initialization and batch order.
     """
     source, target = settings.source, settings.target
-    kinds = needed_kinds(source, target)
-    eval_set = EvalSet(computer, eval_rows, pair, source)
-    model = Gradiend.initialised(computer.size, seed).to(computer.base.device)
+    if (store.source, store.target) != (source, target):
+        raise GradiendError(
+            f"models/gradients holds {store.source}/{store.target} vectors but train.source/"
+            f"train.target are {source}/{target}; rerun 'dvc repro gradients'."
+        )
+    eval_set = EvalSet(store.validation, pair, source)
+    n = eval_set.matrix.shape[1]
+    model = Gradiend.initialised(n, seed)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=settings.learning_rate,
         weight_decay=settings.weight_decay,
         eps=ADAM_EPS,
-        foreach=True,
+        fused=True,  # one pass over each tensor and its two moments: ~8x foreach at n = 35M
     )
-    batches = round_robin_batches(train_rows, pair.classes, settings.batch_size, seed)
+    per_step = settings.gradiend_batch_size
+    max_steps, eval_steps = settings.max_steps, settings.eval_steps
+    order = batch_schedule(store.train.classes, pair, max_steps * per_step, seed)
+    sources, targets = store.train.vectors[source], store.train.vectors[target]
     normalize = settings.normalize_sign
     evaluations = [eval_set.evaluate(model, 0, normalize, optimizer)]
-    best: Evaluation | None = None
-    best_state: dict | None = None
+    best: Evaluation = evaluations[0]  # step 0 competes: a run may never improve on it
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     losses: list[float] = []
-    max_steps, eval_steps = settings.max_steps, settings.eval_steps
     bar = progress(range(1, max_steps + 1), desc=f"train seed {seed}")
     for step in bar:
-        sources, targets = [], []
-        for _ in range(settings.gradiend_batch_size):
-            batch = next(batches)
-            where = f"train step {step} (batch starting {batch['masked'].iloc[0][:40]!r})"
-            vec = computer.vectors(
-                batch["masked"].tolist(),
-                batch["factual"].tolist(),
-                batch["alternative"].tolist(),
-                kinds,
-                where=where,
-            )
-            sources.append(vec[source])
-            targets.append(vec[target])
-        loss = model.closed_form_grads(torch.stack(sources), torch.stack(targets))
+        picked = order[(step - 1) * per_step : step * per_step]
+        loss = model.closed_form_grads(sources[picked], targets[picked])
         if not np.isfinite(loss):
             raise GradiendError(
                 f"train step {step}: the GRADIEND loss is {loss}; lower train.learning_rate."
@@ -234,12 +255,11 @@ def train_gradiend(
             ev = eval_set.evaluate(model, step, normalize, optimizer)
             evaluations.append(ev)
             bar.set_postfix(corr=f"{ev.correlation:+.3f}", loss=f"{loss:.3g}")
-            if best is None or abs(ev.correlation) > abs(best.correlation):
+            if abs(ev.correlation) > abs(best.correlation):
                 best = ev
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    is_converged = converged(
-        best, settings.convergence_threshold, settings.convergence_mean_threshold
+    model.load_state_dict(best_state)
+    thresholds = (settings.convergence_threshold, settings.convergence_mean_threshold)
+    return TrainResult(
+        model, best, evaluations, losses, converged(best, *thresholds), diagnose(best, *thresholds)
     )
-    return TrainResult(model, best, evaluations, losses, is_converged)

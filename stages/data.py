@@ -1,8 +1,13 @@
-"""Stage data: raw text -> data/examples.parquet (masked, split) + data/neutral.parquet."""
+"""Stage data: sources -> data/examples.parquet (masked, split) + data/neutral.parquet."""
 
 import logging
 
-from gradiend_core.data import build_dataset, read_sources, rows_per_class_and_split
+from gradiend_core.data import (
+    build_dataset,
+    read_neutral_sources,
+    read_sources,
+    rows_per_class_and_split,
+)
 from gradiend_core.io import write_json, write_parquet
 from gradiend_core.params import load_params
 from gradiend_core.runtime import run_stage
@@ -13,12 +18,18 @@ LOG = logging.getLogger("stages.data")
 
 def main() -> None:
     params = load_params()
-    documents = read_sources(params.data)
-    corpus = build_dataset(documents, params.feature, params.data)
+    sources = read_sources(params.data, params.feature)
+    corpus = build_dataset(
+        sources.documents,
+        params.feature,
+        params.data,
+        prepared=sources.prepared,
+        neutral_documents=read_neutral_sources(params.data),
+    )
     write_parquet(EXAMPLES, corpus.examples)
     write_parquet(NEUTRAL, corpus.neutral)
     counts = rows_per_class_and_split(corpus.examples)
-    write_json(METRICS / "data.json", {**corpus.summary(), "documents": len(documents)})
+    write_json(METRICS / "data.json", {**corpus.summary(), "documents": len(sources.documents)})
     LOG.info(
         "wrote %d masked rows %s and %d neutral rows to %s, %s",
         len(corpus.examples),

@@ -3,7 +3,7 @@
 import logging
 
 from gradiend_core.base_model import open_base
-from gradiend_core.data import load_examples, load_neutral, take_balanced
+from gradiend_core.data import lms_text, load_examples, load_neutral, take_balanced
 from gradiend_core.decoder_eval import (
     build_lms_set,
     build_probe_set,
@@ -11,6 +11,7 @@ from gradiend_core.decoder_eval import (
     grid_table,
     select,
 )
+from gradiend_core.feature import ClassPair
 from gradiend_core.gradiend import load_gradiend
 from gradiend_core.io import write_csv, write_json
 from gradiend_core.params import load_params
@@ -29,10 +30,11 @@ def main() -> None:
     base = open_base(params)
     gradiend.to(base.device)
     examples = load_examples(EXAMPLES, feature.mask)
-    rows = take_balanced(examples, "test", feature.classes, settings.max_per_class)
-    probe = build_probe_set(base, rows, feature.classes, feature.targets, feature.mask, max_length)
-    texts = load_neutral(NEUTRAL)[: settings.neutral_size]
-    lms_set = build_lms_set(base, texts, max_length)
+    classes = ClassPair.of_feature(feature).classes
+    rows = take_balanced(examples, "test", classes, settings.max_per_class)
+    probe = build_probe_set(base, rows, classes, feature.targets, feature.mask, max_length)
+    lms = lms_text(load_neutral(NEUTRAL)[: settings.neutral_size], rows, feature)
+    lms_set = build_lms_set(base, lms.texts, max_length, lms.left_out_words)
     base_point, points = decoder_grid(base, gradiend, space, probe, lms_set, settings)
     selection = select(points, base_point, context, settings.lms_ratio)
     metrics = {
@@ -42,15 +44,16 @@ def main() -> None:
         "lms_ratio_threshold": settings.lms_ratio,
         "test_rows": len(rows),
         "lms_texts": len(lms_set.sequences),
+        "lms_text": lms.kind,
     }
     write_json(METRICS / "evaluate_decoder.json", metrics)
     table = grid_table(points, base_point, context.pair)
     out = PLOTS / "evaluate_decoder"
     write_csv(out / "grid.csv", table)
-    decoder_heatmap(table, feature.classes, out / "heatmap.png")
-    probability_shift(table, base_point, feature.classes, selection, out / "probability_shift.png")
+    decoder_heatmap(table, classes, out / "heatmap.png")
+    probability_shift(table, base_point, classes, selection, out / "probability_shift.png")
     for key, chosen in selection.items():
-        if chosen:
+        if chosen and key != "balance":
             LOG.info(
                 "%s: %.4f -> %.4f at f=%+g, lr=%g (LMS ratio %.4f, constraint met: %s)",
                 key,
@@ -61,6 +64,16 @@ def main() -> None:
                 chosen["lms_ratio"],
                 chosen["constraint_met"],
             )
+    balance = selection["balance"]
+    if balance:
+        LOG.info(
+            "balance: gap %.4f -> %.4f at f=%+g, lr=%g (constraint met: %s)",
+            base_point["balance_gap"],
+            balance["value"],
+            balance["feature_factor"],
+            balance["learning_rate"],
+            balance["constraint_met"],
+        )
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ after saving."""
 import logging
 
 from gradiend_core.base_model import open_base
-from gradiend_core.data import load_examples, load_neutral, take_balanced
+from gradiend_core.data import lms_text, load_examples, load_neutral, take_balanced
 from gradiend_core.decoder_eval import build_lms_set, build_probe_set
+from gradiend_core.feature import ClassPair
 from gradiend_core.gradiend import load_gradiend
 from gradiend_core.io import read_json, write_json
 from gradiend_core.params import load_params
-from gradiend_core.rewrite import rewrite_checkpoint, selection_for
+from gradiend_core.rewrite import rewrite_checkpoint, rewrite_summary, selection_for
 from gradiend_core.runtime import run_stage
 from gradiend_core.workspace import EXAMPLES, METRICS, NEUTRAL, REWRITTEN, SELECTED
 
@@ -26,9 +27,11 @@ def main() -> None:
     base = open_base(params)
     gradiend.to(base.device)
     examples = load_examples(EXAMPLES, feature.mask)
-    rows = take_balanced(examples, "test", feature.classes, decoder.max_per_class)
-    probe = build_probe_set(base, rows, feature.classes, feature.targets, feature.mask, max_length)
-    lms_set = build_lms_set(base, load_neutral(NEUTRAL)[: decoder.neutral_size], max_length)
+    classes = ClassPair.of_feature(feature).classes
+    rows = take_balanced(examples, "test", classes, decoder.max_per_class)
+    probe = build_probe_set(base, rows, classes, feature.targets, feature.mask, max_length)
+    lms = lms_text(load_neutral(NEUTRAL)[: decoder.neutral_size], rows, feature)
+    lms_set = build_lms_set(base, lms.texts, max_length, lms.left_out_words)
     metrics = rewrite_checkpoint(
         base,
         gradiend,
@@ -44,15 +47,7 @@ def main() -> None:
         out_dir=REWRITTEN,
     )
     write_json(METRICS / "rewrite.json", metrics)
-    LOG.info(
-        "rewrite (%s %s): P %.4f -> %.4f, LMS ratio %.4f; checkpoint in %s",
-        settings.direction,
-        settings.target_class,
-        metrics["target_probability_before"],
-        metrics["target_probability_after"],
-        metrics["lms_ratio"],
-        REWRITTEN,
-    )
+    LOG.info("%s; checkpoint in %s", rewrite_summary(metrics), REWRITTEN)
 
 
 if __name__ == "__main__":

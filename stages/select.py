@@ -1,13 +1,13 @@
-"""Stage select: seed report over train.seeds and a copy of the best GRADIEND."""
+"""Stage select: seed report over train.seeds and the best GRADIEND (post-pruned when
+post_prune.enabled)."""
 
 import logging
-import shutil
 
 from gradiend_core.errors import GradiendError
-from gradiend_core.io import atomic_dir, read_json, write_json
+from gradiend_core.io import read_json, write_json
 from gradiend_core.params import load_params
 from gradiend_core.runtime import run_stage
-from gradiend_core.selection import seed_summary
+from gradiend_core.selection import save_selected, seed_summary
 from gradiend_core.workspace import METRICS, SELECTED, gradiend_dir, train_metrics
 
 LOG = logging.getLogger("stages.select")
@@ -33,9 +33,15 @@ def main() -> None:
                 "train.learning_rate, or set select.fail_on_non_convergence: false."
             )
         LOG.warning("no seed converged; using seed %d anyway", summary["best_seed"])
-    with atomic_dir(SELECTED) as tmp:
-        shutil.copytree(gradiend_dir(summary["best_seed"]), tmp, dirs_exist_ok=True)
+    summary["post_prune"] = save_selected(
+        gradiend_dir(summary["best_seed"]), SELECTED, params.post_prune
+    )
     write_json(METRICS / "select.json", summary)
+    if summary["post_prune"]:
+        LOG.info(
+            "post-pruned: kept %(kept)d of %(input_dim)d coordinates by %(by)s",
+            summary["post_prune"],
+        )
     LOG.info(
         "selected seed %d (correlation %s, converged=%s) -> %s",
         summary["best_seed"],

@@ -1,7 +1,16 @@
 """Shared fixtures: tiny models built from configs, word-level tokenizers and a tiny English corpus.
 
-Nothing is downloaded. The causal model is Llama-style (tied embeddings, 2 blocks), the masked model
-BERT-style; both use a whitespace word-level tokenizer, so " he" and "he" are the single token "he".
+Nothing is downloaded. Three tiny models (2 blocks each), each with a word-level vocabulary:
+
+* causal, Llama-style (tied embeddings) with a GPT-2/Llama-3-like tokenizer: a ByteLevel
+  pre-tokenizer (no prefix space) over a vocabulary that holds every word bare and "Ġ"-prefixed, so
+  "he" -> 'he' and " he" -> 'Ġhe' are different ids, and a trailing space is the token 'Ġ';
+* masked, BERT-style, with a whitespace tokenizer: " he" and "he" are the same token 'he';
+* masked, RoBERTa-style, with the causal fixture's byte-level pieces and a '<mask>' token that
+  absorbs the space before it (lstrip), so a masked word is predicted as its 'Ġ' entry.
+
+Token ids in the tests' hand-built references come from ``gpt2_pieces`` (the byte-level rule
+written out: first word bare, every later word 'Ġ'-prefixed), never from the code under test.
 """
 
 from __future__ import annotations
@@ -73,21 +82,58 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
+SPACE = "Ġ"  # byte-level BPE's mark of a leading space
+
+
+def gpt2_pieces(text: str) -> list[str]:
+    """Byte-level pieces of a space-separated fixture text, by hand: the first word bare, every
+    later word with the leading-space mark (what GPT-2-style tokenizers do without a prefix
+    space)."""
+    words = text.split()
+    return words[:1] + [SPACE + w for w in words[1:]]
+
+
+def _byte_level_tokenizer(specials: list[str]):
+    """A WordLevel model over a ByteLevel pre-tokenizer: every word bare and 'Ġ'-prefixed."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    words = vocabulary()
+    vocab = {t: i for i, t in enumerate(specials + words + [SPACE + w for w in words] + [SPACE])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok, vocab
+
+
 def _word_tokenizer(kind: str):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     if kind == "causal":
-        specials = ["<pad>", "<unk>", "</s>"]
-    else:
-        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {tok: i for i, tok in enumerate(specials + vocabulary())}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=specials[1]))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    if kind == "causal":
+        tok, _ = _byte_level_tokenizer(["<pad>", "<unk>", "</s>"])
         return PreTrainedTokenizerFast(
             tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="</s>"
         )
+    if kind == "roberta":
+        tok, vocab = _byte_level_tokenizer(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>",
+            special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])],
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token="<s>",
+            eos_token="</s>",
+            cls_token="<s>",
+            sep_token="</s>",
+            pad_token="<pad>",
+            unk_token="<unk>",
+            mask_token=AddedToken("<mask>", lstrip=True, rstrip=False, special=True),
+        )
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {tok: i for i, tok in enumerate(specials + vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=specials[1]))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
@@ -146,6 +192,29 @@ def build_tiny_bert(folder: Path) -> Path:
     return folder
 
 
+def build_tiny_roberta(folder: Path) -> Path:
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    tokenizer = _word_tokenizer("roberta")
+    config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=130,  # RoBERTa's positions start after the pad id
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = RobertaForMaskedLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_causal_dir(tmp_path_factory) -> Path:
     return build_tiny_causal(tmp_path_factory.mktemp("tiny_llama"))
@@ -154,6 +223,11 @@ def tiny_causal_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory) -> Path:
+    return build_tiny_roberta(tmp_path_factory.mktemp("tiny_roberta"))
 
 
 @pytest.fixture(scope="session")
@@ -177,6 +251,14 @@ def bert_base(tiny_bert_dir):
 
     torch.set_num_threads(1)
     return load_base_model(tiny_bert_dir)
+
+
+@pytest.fixture()
+def roberta_base(tiny_roberta_dir):
+    from gradiend_core.base_model import load_base_model
+
+    torch.set_num_threads(1)
+    return load_base_model(tiny_roberta_dir)
 
 
 def tiny_params(model_dir: Path, corpus: Path, **overrides) -> dict:

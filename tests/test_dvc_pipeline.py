@@ -9,6 +9,7 @@ the checkout itself is never touched.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import tiny_params
@@ -25,10 +27,12 @@ from pipeline_support import (
     REPRO_LOGS,
     copy_repo,
     dvc,
+    error_line,
     file_hashes,
     finished_tiny_repos,
     make_repo,
     read_params,
+    run_module,
     run_shell,
     start_dvc,
     temp_leftovers,
@@ -43,6 +47,9 @@ METRIC_FILES = [
     "metrics/evaluate_encoder.json",
     "metrics/evaluate_decoder.json",
     "metrics/rewrite.json",
+    "metrics/probe_generation.json",
+    "metrics/probe_bias.json",
+    "metrics/compare.json",
 ]
 
 
@@ -76,11 +83,15 @@ def test_every_stage_ran_and_the_lock_has_exactly_those_stages(repo):
         "data",
         "mlm_head",
         "pre_prune",
+        "gradients",
         *[f"train@{s}" for s in seeds],
         "select",
         "evaluate_encoder",
         "evaluate_decoder",
         "rewrite",
+        "probe_generation",
+        "probe_bias",
+        "compare",
     ]
     assert sorted(names) == sorted(expected)
     ran = re.findall(r"Running stage '([^']+)'", REPRO_LOGS["first"])
@@ -126,6 +137,45 @@ def test_encoder_and_rewrite_metrics_have_their_headline_values(repo):
     assert json.loads((repo / "metrics/mlm_head.json").read_text())["used"] is True
 
 
+def test_probe_metrics_have_the_names_outside_scripts_read(repo):
+    classes = read_params(repo)["feature"]["classes"]
+    generation = json.loads((repo / "metrics/probe_generation.json").read_text())
+    assert generation["applicable"] is True
+    for model in ("base", "rewritten"):
+        for cls in classes:
+            assert 0.0 <= generation["rates"][model][cls] <= 1.0, (model, cls)
+    bias = json.loads((repo / "metrics/probe_bias.json").read_text())
+    for model in ("base", "rewritten"):
+        assert -1.0 <= bias["stereotype_correlation"][model] <= 1.0, model
+    assert (repo / "plots/probe_generation/samples.md").read_text().startswith("# Generation")
+
+
+def test_balance_rewrite_reads_the_balance_choice_and_the_probes_follow(repo, tmp_path):
+    """``rewrite.direction: balance`` (target class ignored) applies the grid's 'balance' point;
+    the probe stages then run on that checkpoint."""
+    work = copy_repo(repo, tmp_path / "balance")
+    params = read_params(work)
+    params["rewrite"] = {"target_class": "she", "direction": "balance"}
+    write_params(work, params)
+    for module in ("stages.rewrite", "stages.probe_generation", "stages.probe_bias"):
+        result = run_module(module, cwd=work)
+        assert result.returncode == 0, f"{module}:\n{result.stderr[-3000:]}"
+    chosen = json.loads((work / "metrics/evaluate_decoder.json").read_text())["selection"]
+    rewrite = json.loads((work / "metrics/rewrite.json").read_text())
+    assert rewrite["direction"] == "balance" and rewrite["target_class"] is None
+    assert rewrite["target_probability_before"] is None
+    assert (rewrite["feature_factor"], rewrite["learning_rate"]) == (
+        chosen["balance"]["feature_factor"],
+        chosen["balance"]["learning_rate"],
+    )
+    assert rewrite["moved_in_requested_direction"] == (
+        rewrite["balance_gap_after"] < rewrite["balance_gap_before"]
+    )
+    assert "**balance** the classes" in (work / "models/rewritten/README.md").read_text()
+    bias = json.loads((work / "metrics/probe_bias.json").read_text())
+    assert bias["applicable"] is True
+
+
 def test_rewritten_model_loads_with_transformers_and_differs_only_on_the_parameter_space(repo):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -145,10 +195,40 @@ def test_rewritten_model_loads_with_transformers_and_differs_only_on_the_paramet
     )
 
 
-def test_exp_run_with_a_new_learning_rate_reruns_training_and_changes_train_metrics(repo, tmp_path):
-    exp = copy_repo(repo, tmp_path / "exp")
+def test_compare_stage_names_every_pair_of_seeds_and_real_weights(repo):
+    seeds = read_params(repo)["train"]["seeds"]
+    labels = [f"seed_{s}" for s in seeds]
+    metrics = json.loads((repo / "metrics/compare.json").read_text())
+    assert metrics["k"] == read_params(repo)["compare"]["topk"]
+    assert sorted(metrics["overlap"]) == labels
+    for a in labels:
+        assert metrics["overlap"][a][a] == 1.0
+        for b in labels:
+            assert 0.0 <= metrics["overlap"][a][b] <= 1.0
+            assert metrics["overlap"][a][b] == metrics["overlap"][b][a]
+    space = json.loads((repo / "models/gradiend/seed_0/param_space.json").read_text())
+    shapes = dict(zip(space["names"], space["shapes"], strict=True))
+    topk = pd.read_csv(repo / "plots/compare/topk/seed_0.csv")
+    assert set(topk["part"]) == {"decoder", "encoder", "product"}
+    for row in topk.itertuples():
+        assert 0 <= row.index < math.prod(shapes[row.tensor]), row
+    pairs = pd.read_csv(repo / "plots/compare/overlap.csv")
+    assert len(pairs) == len(seeds) * (len(seeds) - 1) // 2
+    assert (repo / "plots/compare/overlap.png").stat().st_size > 0
+    assert (repo / "plots/compare/summary.md").read_text().startswith("# Comparing GRADIENDs")
+
+
+@pytest.fixture(scope="module")
+def experiment(repo, tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the tiny repository with its results committed, after ``dvc exp run`` with
+    another train.learning_rate (results applied to the workspace); its ``dvc exp run`` output."""
+    exp = copy_repo(repo, tmp_path_factory.mktemp("experiment") / "exp")
     run_shell("git add -A && git commit -q -m 'tiny pipeline results'", exp).check_returncode()
-    out = dvc(exp, "exp", "run", "-S", "train.learning_rate=0.02").stdout
+    return exp, dvc(exp, "exp", "run", "-S", "train.learning_rate=0.02").stdout
+
+
+def test_exp_run_with_a_new_learning_rate_reruns_training_and_changes_train_metrics(experiment):
+    exp, out = experiment
     seeds = read_params(exp)["train"]["seeds"]
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     assert {f"train@{s}" for s in seeds} <= ran, out
@@ -166,6 +246,41 @@ def test_exp_run_with_a_new_learning_rate_reruns_training_and_changes_train_metr
         f"no train metric changed: {diff}"
     )
     assert json.loads(dvc(exp, "status", "--json").stdout) == {}
+
+
+def test_comparing_runs_reads_each_revisions_gradiends_from_the_dvc_cache(experiment, tmp_path):
+    """`python -m gradiend_core.comparison --rev HEAD --rev <exp>` with the workspace's GRADIENDs
+    deleted: both revisions come from git and the local DVC cache, and within each revision the
+    overlaps equal that revision's own compare stage."""
+    work = copy_repo(experiment[0], tmp_path / "runs")
+    (name,) = dvc(work, "exp", "list", "--name-only").stdout.split()
+    shutil.rmtree(work / "models" / "gradiend")
+    out = tmp_path / "compare"
+    result = run_module(
+        "gradiend_core.comparison", "--rev", "HEAD", "--rev", name, "--out", str(out), cwd=work
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seeds = read_params(work)["train"]["seeds"]
+    metrics = json.loads((out / "compare.json").read_text())
+    labels = [f"{rev}:seed_{s}" for rev in ("HEAD", name) for s in seeds]
+    assert sorted(metrics["overlap"]) == sorted(labels)
+    committed = json.loads(
+        run_shell("git show HEAD:metrics/compare.json", work).stdout
+    )  # the compare stage of the baseline run
+    applied = json.loads((work / "metrics/compare.json").read_text())  # of the experiment
+    for a in seeds:
+        for b in seeds:
+            overlap = committed["overlap"][f"seed_{a}"][f"seed_{b}"]
+            assert metrics["overlap"][f"HEAD:seed_{a}"][f"HEAD:seed_{b}"] == overlap
+            overlap = applied["overlap"][f"seed_{a}"][f"seed_{b}"]
+            assert metrics["overlap"][f"{name}:seed_{a}"][f"{name}:seed_{b}"] == overlap
+    pairs = pd.read_csv(out / "overlap.csv").set_index("pair")
+    across = pairs.loc[f"HEAD:seed_0 ~ {name}:seed_0"]
+    assert across["cosine"] < 1.0  # another learning rate: other weights, read from the cache
+    assert (out / "overlap.png").stat().st_size > 0
+    assert (out / "topk" / f"{name}@seed_0.csv").exists()
+    bad = run_module("gradiend_core.comparison", "--rev", "no-such-rev", cwd=work)
+    assert bad.returncode == 2 and "unknown Git revision" in error_line(bad.stderr)
 
 
 # ---- hermetic stages ----------------------------------------------------------------------------
@@ -404,7 +519,14 @@ def check_objective_run(repo: Path, returncode: int, out: str, objective: str) -
     assert returncode == 0, out[-6000:]
     ran = set(re.findall(r"Running stage '([^']+)'", out))
     assert {"base_model", "data", "mlm_head", "pre_prune", "train@0"} <= ran, out
-    assert not ran & {"select", "evaluate_encoder", "evaluate_decoder", "rewrite"}
+    assert not ran & {
+        "select",
+        "evaluate_encoder",
+        "evaluate_decoder",
+        "rewrite",
+        "probe_generation",
+        "probe_bias",
+    }
     report = json.loads((repo / "metrics/train/seed_0.json").read_text())
     assert report["seed"] == 0 and report["input_dim"] > 0
     assert (

@@ -15,12 +15,29 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the nodes under ``if TYPE_CHECKING:`` (annotations only; never run, so no dep)."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        test = getattr(node, "test", None)
+        if isinstance(node, ast.If) and (
+            (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+            or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        ):
+            skipped |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return skipped
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = _type_checking_only(tree)
     return {
         n.module
         for n in ast.walk(tree)
-        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("gradiend_core")
+        if isinstance(n, ast.ImportFrom)
+        and n.module
+        and n.module.startswith("gradiend_core")
+        and id(n) not in skipped
     }
 
 
@@ -37,7 +54,8 @@ def import_closure(script: Path) -> set[str]:
 
 def test_code_deps_equal_import_closure():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert len(stages) == 9
+    scripts = {p.stem for p in (REPO / "stages").glob("*.py") if p.stem != "__init__"}
+    assert set(stages) == scripts  # every stage script is a stage, every stage has a script
     for name, stage in stages.items():
         declared = {d for d in stage["deps"] if d.startswith("gradiend_core")}
         script = REPO / "stages" / f"{name}.py"
@@ -48,9 +66,11 @@ def test_code_deps_equal_import_closure():
 
 
 def test_closure_follows_transitive_imports():
-    closure = import_closure(REPO / "stages" / "train.py")
-    assert "gradiend_core/mlm_head.py" in closure  # train -> gradients -> mlm_head
+    closure = import_closure(REPO / "stages" / "gradients.py")
+    assert "gradiend_core/mlm_head.py" in closure  # gradients stage -> gradients -> mlm_head
     assert "gradiend_core/decoder_eval.py" not in closure
+    # train reads stored vectors: no objective code, so editing an objective does not rerun it
+    assert "gradiend_core/gradients.py" not in import_closure(REPO / "stages" / "train.py")
 
 
 def test_training_module_is_a_dependency_of_the_train_stages_only():
@@ -60,10 +80,15 @@ def test_training_module_is_a_dependency_of_the_train_stages_only():
         name for name, stage in stages.items() if "gradiend_core/training.py" in stage["deps"]
     )
     assert using == ["train"]
-    select_deps = set(stages["select"]["deps"])
-    torch_modules = {
-        "gradiend_core/gradients.py",
-        "gradiend_core/base_model.py",
-        "gradiend_core/gradiend.py",
-    }
-    assert not select_deps & torch_modules  # select reads reports, not weights
+
+
+def test_imports_for_type_checking_only_are_not_dependencies():
+    """pruning.py names GradientComputer only in annotations (``if TYPE_CHECKING:``), so post-
+    pruning (select) does not depend on the gradient code, while pre-pruning (which imports it
+    itself) does; select reads reports and the chosen weights but never computes gradients."""
+    select = import_closure(REPO / "stages" / "select.py")
+    assert "gradiend_core/pruning.py" in select
+    assert not select & {"gradiend_core/gradients.py", "gradiend_core/mlm_head.py"}
+    assert "gradiend_core/gradients.py" in import_closure(REPO / "stages" / "pre_prune.py")
+    assert _type_checking_only(ast.parse("if TYPE_CHECKING:\n    import x\ny = 1\n"))
+    assert not _type_checking_only(ast.parse("if DEBUG:\n    import x\n"))

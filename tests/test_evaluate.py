@@ -10,10 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_gradients import MASK, full_space, word_ids
+from conftest import gpt2_pieces
+from test_gradients import MASK, full_space, masked_lm_pieces, word_ids
 from torch import nn
 
+from gradiend_core.block_cache import LowerBlockCache, first_edited_block
 from gradiend_core.decoder_eval import (
+    balance_gap,
     build_lms_set,
     build_probe_set,
     class_probabilities,
@@ -22,10 +25,12 @@ from gradiend_core.decoder_eval import (
     measure,
     probs_by_dataset,
     select,
+    select_balance,
 )
 from gradiend_core.encoder_eval import encoder_metrics
 from gradiend_core.errors import GradiendError
 from gradiend_core.gradiend import Gradiend, GradiendContext
+from gradiend_core.rewrite import model_card, rewrite_metrics, rewrite_summary, selection_for
 from gradiend_core.tokens import class_token_ids
 from gradiend_core.weight_edit import WeightEditor, update_direction
 
@@ -123,25 +128,32 @@ def test_update_direction_is_decoder_of_the_feature_factor():
 # ---- class probabilities -------------------------------------------------------------------------
 
 
-def test_class_token_ids_are_the_in_vocabulary_casings(causal_base, bert_base):
-    for base in (causal_base, bert_base):
-        tok = base.tokenizer
-        ids = class_token_ids(tok, base.kind, TARGETS)
-        # The fixture vocabulary has 'he', 'He', 'she', 'She' but no upper-case forms (those map to
-        # the unk token).
-        assert sorted(ids["he"]) == sorted(tok.convert_tokens_to_ids(["he", "He"]))
-        assert sorted(ids["she"]) == sorted(tok.convert_tokens_to_ids(["she", "She"]))
-        assert tok.unk_token_id not in ids["he"] + ids["she"]
-        with pytest.raises(GradiendError, match="single-token"):
-            class_token_ids(tok, base.kind, {"he": ["he"], "she": ["zyzzyva"]})
+@pytest.mark.parametrize(
+    ("fixture", "mark"), [("causal_base", "Ġ"), ("bert_base", ""), ("roberta_base", "Ġ")]
+)
+def test_class_token_ids_are_the_in_vocabulary_casings(request, fixture, mark):
+    """The entry of the word after a space: 'Ġhe' for the byte-level causal and RoBERTa fixtures
+    (never their sentence-initial 'he'), the one 'he' of BERT's whitespace tokenizer."""
+    base = request.getfixturevalue(fixture)
+    tok = base.tokenizer
+    ids = class_token_ids(tok, base.kind, TARGETS)
+    # The fixture vocabularies have he, He, she, She but no upper-case forms (those map to the unk
+    # token, which must not count).
+    assert sorted(ids["he"]) == sorted(word_ids(tok, [mark + "he", mark + "He"]))
+    assert sorted(ids["she"]) == sorted(word_ids(tok, [mark + "she", mark + "She"]))
+    assert tok.unk_token_id not in ids["he"] + ids["she"]
+    if mark:
+        assert not set(word_ids(tok, ["he", "He", "she", "She"])) & set(ids["he"] + ids["she"])
+    with pytest.raises(GradiendError, match="single-token"):
+        class_token_ids(tok, base.kind, {"he": ["he"], "she": ["zyzzyva"]})
 
 
 def reference_causal_probs(base, rows: pd.DataFrame) -> torch.Tensor:
     tok = base.tokenizer
-    ids = {c: tok.convert_tokens_to_ids([w, w.capitalize()]) for c, [w] in TARGETS.items()}
+    ids = {c: word_ids(tok, ["Ġ" + w, "Ġ" + w.capitalize()]) for c, [w] in TARGETS.items()}
     out = []
     for masked in rows["masked"]:
-        prefix = word_ids(tok, masked.split(MASK)[0].split())
+        prefix = word_ids(tok, gpt2_pieces(masked.split(MASK)[0]))
         with torch.no_grad():
             probs = base.model(input_ids=torch.tensor([prefix])).logits[0, -1].softmax(-1)
         out.append([float(probs[ids[c]].sum()) for c in CLASSES])
@@ -150,10 +162,11 @@ def reference_causal_probs(base, rows: pd.DataFrame) -> torch.Tensor:
 
 def reference_masked_probs(base, rows: pd.DataFrame) -> torch.Tensor:
     tok = base.tokenizer
-    ids = {c: tok.convert_tokens_to_ids([w, w.capitalize()]) for c, [w] in TARGETS.items()}
     out = []
     for masked in rows["masked"]:
-        seq = [tok.cls_token_id] + word_ids(tok, masked.split()) + [tok.sep_token_id]
+        pieces, mark = masked_lm_pieces(tok, masked)
+        ids = {c: word_ids(tok, [mark + w, mark + w.capitalize()]) for c, [w] in TARGETS.items()}
+        seq = [tok.cls_token_id] + word_ids(tok, pieces) + [tok.sep_token_id]
         with torch.no_grad():
             probs = (
                 base.model(input_ids=torch.tensor([seq]))
@@ -176,16 +189,18 @@ def test_class_probabilities_causal_equal_unpadded_per_row_softmax(causal_base, 
     assert by["she"]["he"] == pytest.approx(float(expected[[1, 2], 0].mean()), abs=1e-5)
 
 
-def test_class_probabilities_masked_equal_unpadded_per_row_softmax(bert_base):
-    probe = build_probe_set(bert_base, PROBE_ROWS, CLASSES, TARGETS, MASK, max_length=32)
+@pytest.mark.parametrize("fixture", ["bert_base", "roberta_base"])
+def test_class_probabilities_masked_equal_unpadded_per_row_softmax(request, fixture):
+    base = request.getfixturevalue(fixture)
+    probe = build_probe_set(base, PROBE_ROWS, CLASSES, TARGETS, MASK, max_length=32)
     torch.testing.assert_close(
-        class_probabilities(bert_base, probe, 4),
-        reference_masked_probs(bert_base, PROBE_ROWS),
+        class_probabilities(base, probe, 4),
+        reference_masked_probs(base, PROBE_ROWS),
         atol=1e-5,
         rtol=1e-4,
     )
     with pytest.raises(GradiendError, match="truncation"):
-        build_probe_set(bert_base, PROBE_ROWS, CLASSES, TARGETS, MASK, max_length=5)
+        build_probe_set(base, PROBE_ROWS, CLASSES, TARGETS, MASK, max_length=5)
 
 
 # ---- language-modelling score --------------------------------------------------------------------
@@ -195,7 +210,7 @@ def test_causal_lms_is_one_over_one_plus_shifted_mean_nll(causal_base):
     tok = causal_base.tokenizer
     total, count, unshifted = 0.0, 0, 0.0
     for text in NEUTRAL:
-        ids = torch.tensor(word_ids(tok, text.split()))
+        ids = torch.tensor(word_ids(tok, gpt2_pieces(text)))
         with torch.no_grad():
             logits = causal_base.model(input_ids=ids[None]).logits[0]
         total += float(
@@ -239,6 +254,16 @@ def test_masked_lms_is_accuracy_on_fixed_positions(bert_base):
 # ---- decoder grid --------------------------------------------------------------------------------
 
 
+def grid_settings(factors, rates, search="grid", lms_ratio=0.99) -> SimpleNamespace:
+    return SimpleNamespace(
+        feature_factors=factors,
+        learning_rates=rates,
+        batch_size=4,
+        lms_ratio=lms_ratio,
+        search=search,
+    )
+
+
 def test_decoder_grid_measures_edited_models_and_restores(causal_base):
     space = full_space(causal_base)
     pruned = space.with_kept(
@@ -256,7 +281,7 @@ def test_decoder_grid_measures_edited_models_and_restores(causal_base):
         pruned,
         probe,
         lms_set,
-        SimpleNamespace(feature_factors=[1.0, -1.0], learning_rates=[10.0, 1.0], batch_size=4),
+        grid_settings([1.0, -1.0], [10.0, 1.0], search="grid"),
     )
     assert [(p["feature_factor"], p["learning_rate"]) for p in points] == [
         (-1.0, 1.0),
@@ -299,11 +324,13 @@ def point(
     p_she_on_he: float,
     p_he_on_he: float,
     p_she_on_she: float,
+    gap: float = 0.5,
 ) -> dict:
     return {
         "feature_factor": f,
         "learning_rate": lr,
         "lms": lms,
+        "balance_gap": gap,
         "probs_by_dataset": {
             "he": {"he": p_he_on_he, "she": p_she_on_he},
             "she": {"he": p_he_on_she, "she": p_she_on_she},
@@ -313,6 +340,7 @@ def point(
 
 BASE = {
     "lms": 0.5,
+    "balance_gap": 0.6,
     "probs_by_dataset": {"he": {"he": 0.4, "she": 0.1}, "she": {"he": 0.2, "she": 0.3}},
 }
 POINTS = [
@@ -334,7 +362,7 @@ def test_select_strengthen_and_weaken_with_source_alternative():
         GradiendContext(CLASSES, "alternative", "diff", "clm_next_token", "m"),
         lms_ratio=0.99,
     )
-    assert set(out) == {"he", "he_weaken", "she", "she_weaken"}
+    assert set(out) == {"he", "he_weaken", "she", "she_weaken", "balance"}
     he = out["he"]  # factor +1, P(he) on she rows, among LMS-passing points: lr 1.0
     assert (he["feature_factor"], he["learning_rate"], he["value"], he["constraint_met"]) == (
         1.0,
@@ -404,6 +432,154 @@ def test_select_factor_follows_the_source_and_ties_prefer_the_smaller_rate():
     assert loose["he"]["learning_rate"] == 10.0 and loose["he"]["constraint_met"] is True
 
 
+# ---- balance -------------------------------------------------------------------------------------
+
+
+def test_balance_gap_is_the_mean_relative_gap_per_row():
+    probs = torch.tensor(
+        [
+            [0.3, 0.1],  # |0.3 - 0.1| / 0.4 = 0.5
+            [0.1, 0.1],  # 0
+            [0.0, 0.0],  # no mass for either class: fully one-sided, 1
+            [0.2, 0.6],  # 0.4 / 0.8 = 0.5
+            [float("nan"), 0.1],  # not finite: 1
+        ]
+    )
+    assert balance_gap(probs) == pytest.approx((0.5 + 0 + 1 + 0.5 + 1) / 5)
+    # Per row, not per class mean: two rows one-sided in opposite directions are not balanced.
+    assert balance_gap(torch.tensor([[0.4, 0.0], [0.0, 0.4]])) == 1.0
+
+
+def test_measure_reports_the_balance_gap_of_its_rows(causal_base):
+    probe = build_probe_set(causal_base, PROBE_ROWS, CLASSES, TARGETS, MASK, max_length=32)
+    lms_set = build_lms_set(causal_base, NEUTRAL, max_length=64)
+    probs = reference_causal_probs(causal_base, PROBE_ROWS).double()
+    expected = float(((probs[:, 0] - probs[:, 1]).abs() / probs.sum(1)).mean())
+    assert measure(causal_base, probe, lms_set, 3)["balance_gap"] == pytest.approx(
+        expected, abs=1e-5
+    )
+
+
+# Base LMS 0.5 and lms_ratio 0.99: a point qualifies with LMS >= 0.495.
+BALANCE_POINTS = [
+    point(+1.0, 0.1, 0.500, 0, 0, 0, 0, gap=0.50),
+    point(+1.0, 1.0, 0.496, 0, 0, 0, 0, gap=0.30),
+    point(+1.0, 10.0, 0.400, 0, 0, 0, 0, gap=0.01),  # smallest gap, but fails the LMS constraint
+    point(-1.0, 0.1, 0.499, 0, 0, 0, 0, gap=0.30),  # ties with (+1, 1.0): the smaller η wins
+    point(-1.0, 1.0, 0.300, 0, 0, 0, 0, gap=0.05),  # fails
+]
+
+
+def test_select_balance_minimises_the_gap_over_both_factors_under_the_lms_constraint():
+    chosen = select_balance(BALANCE_POINTS, BASE, lms_ratio=0.99)
+    assert chosen == {
+        "feature_factor": -1.0,
+        "learning_rate": 0.1,
+        "value": 0.30,
+        "constraint_met": True,
+    }
+    loose = select_balance(BALANCE_POINTS, BASE, lms_ratio=0.5)  # 0.25: all but (-1, 1.0) pass
+    assert (loose["feature_factor"], loose["learning_rate"], loose["value"]) == (1.0, 10.0, 0.01)
+    # select() reports the same choice under the key 'balance', whatever the source.
+    for source in ("alternative", "diff"):
+        context = GradiendContext(CLASSES, source, "diff", "clm_next_token", "m")
+        assert select(BALANCE_POINTS, BASE, context, lms_ratio=0.99)["balance"] == chosen
+
+
+def test_select_balance_ties_and_fallback():
+    tied = [
+        point(+1.0, 0.5, 0.5, 0, 0, 0, 0, gap=0.2),
+        point(-1.0, 0.5, 0.5, 0, 0, 0, 0, gap=0.2),
+        point(-1.0, 2.0, 0.5, 0, 0, 0, 0, gap=0.2),
+    ]
+    chosen = select_balance(tied, BASE, lms_ratio=0.99)  # same gap and η: the smaller f
+    assert (chosen["feature_factor"], chosen["learning_rate"]) == (-1.0, 0.5)
+    failing = [
+        point(+1.0, 0.1, 0.3, 0, 0, 0, 0, gap=0.5),
+        point(-1.0, 0.1, 0.3, 0, 0, 0, 0, gap=0.4),
+        point(-1.0, 0.01, 0.1, 0, 0, 0, 0, gap=0.9),
+        point(+1.0, 1.0, 0.2, 0, 0, 0, 0, gap=0.0),
+    ]
+    chosen = select_balance(failing, BASE, lms_ratio=0.99)  # none passes: the smallest η
+    assert chosen == {
+        "feature_factor": -1.0,
+        "learning_rate": 0.01,
+        "value": 0.9,
+        "constraint_met": False,
+    }
+    chosen = select_balance(failing[:2], BASE, lms_ratio=0.99)  # at the smallest η, the min gap
+    assert (chosen["feature_factor"], chosen["value"], chosen["constraint_met"]) == (
+        -1.0,
+        0.4,
+        False,
+    )
+    assert select_balance([], BASE, lms_ratio=0.99) is None
+
+
+def measured(p_he_on_he, p_she_on_he, p_he_on_she, p_she_on_she, gap, lms) -> dict:
+    return {
+        "probs_by_dataset": {
+            "he": {"he": p_he_on_he, "she": p_she_on_he},
+            "she": {"he": p_he_on_she, "she": p_she_on_she},
+        },
+        "balance_gap": gap,
+        "lms": lms,
+    }
+
+
+def test_rewrite_balance_reads_the_balance_choice_and_reports_the_gap():
+    decoder = {"selection": {"he": {"class": "he"}, "balance": {"feature_factor": -1.0}}}
+    assert selection_for(decoder, "he", "balance") == {"feature_factor": -1.0}
+    assert selection_for(decoder, "she", "balance") == {"feature_factor": -1.0}  # class ignored
+    assert selection_for(decoder, "he", "strengthen") == {"class": "he"}
+    with pytest.raises(GradiendError, match="'balance'.*dvc repro evaluate_decoder"):
+        selection_for({"selection": {"he": {}}}, "he", "balance")
+    chosen = {"feature_factor": -1.0, "learning_rate": 0.1, "value": 0.3, "constraint_met": True}
+    before = measured(0.4, 0.1, 0.2, 0.3, gap=0.6, lms=0.5)
+    after = measured(0.3, 0.2, 0.25, 0.25, gap=0.25, lms=0.499)
+    settings = SimpleNamespace(target_class="he", direction="balance")
+    m = rewrite_metrics(before, after, chosen, settings, lms_ratio=0.99)
+    assert m["target_class"] is None and m["rows_of_class"] is None
+    assert m["target_probability_before"] is None and m["target_probability_after"] is None
+    assert (m["balance_gap_before"], m["balance_gap_after"]) == (0.6, 0.25)
+    assert m["probs_by_dataset_before"] == before["probs_by_dataset"]
+    assert m["probs_by_dataset_after"] == after["probs_by_dataset"]
+    assert m["moved_in_requested_direction"] is True and m["lms_constraint_met"] is True
+    worse = rewrite_metrics(before, {**after, "balance_gap": 0.7}, chosen, settings, 0.99)
+    assert worse["moved_in_requested_direction"] is False
+    assert rewrite_summary(m) == (
+        "rewrite (balance both classes): balance gap 0.6000 -> 0.2500, LMS ratio 0.9980"
+    )
+    card = model_card("src", chosen, {"classes": ["he", "she"]} | CARD_CONTEXT, m)
+    assert "**balance** the classes `he` and `she`" in card
+    assert (
+        "| mean \\|P(he) - P(she)\\| / (P(he) + P(she)) on all test rows | 0.6000 | 0.2500 |"
+        in card
+    )
+
+
+CARD_CONTEXT = {"objective": "clm_next_token", "source": "alternative", "target": "diff"}
+
+
+def test_rewrite_strengthen_metrics_keep_their_meaning_and_add_the_gap():
+    chosen = {"rows_of_class": "she", "feature_factor": 1.0, "learning_rate": 0.1}
+    before = measured(0.4, 0.1, 0.2, 0.3, gap=0.6, lms=0.5)
+    after = measured(0.5, 0.05, 0.35, 0.2, gap=0.5, lms=0.49)
+    for direction, target, p_before, p_after, moved in (
+        ("strengthen", "he", 0.2, 0.35, True),
+        ("weaken", "she", 0.3, 0.2, True),  # hypothetically on she rows
+    ):
+        settings = SimpleNamespace(target_class=target, direction=direction)
+        m = rewrite_metrics(before, after, chosen, settings, lms_ratio=0.99)
+        assert (m["target_probability_before"], m["target_probability_after"]) == (
+            p_before,
+            p_after,
+        )
+        assert m["moved_in_requested_direction"] is moved and m["target_class"] == target
+        assert (m["balance_gap_before"], m["balance_gap_after"]) == (0.6, 0.5)
+        assert m["lms_constraint_met"] is False  # 0.49 < 0.99 * 0.5
+
+
 # ---- encoder metrics -----------------------------------------------------------------------------
 
 
@@ -468,3 +644,82 @@ def test_encoder_metrics_needs_both_labels_and_handles_no_neutral_rows():
         "abs_mean": None,
         "std": None,
     }
+
+
+def upper_block_setup(causal_base):
+    """θ = the last block only, a strong random decoder: edits change the top block alone."""
+    space = full_space(causal_base, first_layer=-1)
+    gradiend = Gradiend.initialised(space.size, seed=1)
+    with torch.no_grad():
+        gradiend.decoder_weight.mul_(30.0)
+    probe = build_probe_set(causal_base, PROBE_ROWS, CLASSES, TARGETS, MASK, max_length=32)
+    lms_set = build_lms_set(causal_base, NEUTRAL, max_length=64)
+    return space, gradiend, probe, lms_set
+
+
+def test_lower_block_reuse_is_exact_and_used(causal_base):
+    """Grid points measured with the recorded lower-block states equal full passes bit for bit."""
+    space, gradiend, probe, lms_set = upper_block_setup(causal_base)
+    n_blocks = causal_base.model.config.num_hidden_layers
+    assert first_edited_block(space) == n_blocks - 1 > 0
+    cache = LowerBlockCache(causal_base.model, first_edited_block(space))
+    assert measure(causal_base, probe, lms_set, 4, cache) == measure(causal_base, probe, lms_set, 4)
+    assert cache.enabled and set(cache.states) == {("probe", 0), ("lms", 0)}
+    editor = WeightEditor(causal_base.model, space)
+    for f, lr in ((1.0, 3.0), (-1.0, 10.0)):
+        editor.apply_gradiend(gradiend, f, lr)
+        try:
+            full = measure(causal_base, probe, lms_set, 4)
+            reused = measure(causal_base, probe, lms_set, 4, cache)
+        finally:
+            editor.restore()
+        assert reused == full  # exact, not approximate
+        assert full["lms"] != measure(causal_base, probe, lms_set, 4)["lms"]  # the edit matters
+
+
+def test_reuse_is_refused_when_theta_reaches_the_embeddings(causal_base):
+    assert first_edited_block(full_space(causal_base, exclude_embeddings=False)) is None
+    assert first_edited_block(full_space(causal_base)) == 0  # nothing below block 0 to reuse
+    assert not LowerBlockCache(causal_base.model, 0).enabled
+
+
+def test_ascending_search_stops_at_the_first_lms_failure_and_keeps_the_choices(causal_base):
+    space, gradiend, probe, lms_set = upper_block_setup(causal_base)
+    rates = [0.01, 0.1, 1.0, 10.0]
+    base_point, full = decoder_grid(
+        causal_base,
+        gradiend,
+        space,
+        probe,
+        lms_set,
+        grid_settings([1.0, -1.0], rates, lms_ratio=0.999),
+    )
+    _, searched = decoder_grid(
+        causal_base,
+        gradiend,
+        space,
+        probe,
+        lms_set,
+        grid_settings([1.0, -1.0], rates, search="ascending", lms_ratio=0.999),
+    )
+    floor = 0.999 * base_point["lms"]
+    expected = []  # by hand from the full grid: each factor's points up to its first failure
+    for f in (-1.0, 1.0):
+        for p in (q for q in full if q["feature_factor"] == f):
+            expected.append((f, p["learning_rate"]))
+            if p["lms"] < floor:
+                break
+    assert [(p["feature_factor"], p["learning_rate"]) for p in searched] == expected
+    assert len(searched) < len(full)  # the large edits break the LMS: the search saves points
+    by_key = {(p["feature_factor"], p["learning_rate"]): p for p in full}
+    assert all(p == by_key[(p["feature_factor"], p["learning_rate"])] for p in searched)
+    context = GradiendContext(CLASSES, "alternative", "diff", "clm_next_token", "models/base")
+
+    def stays_failed(f: float) -> bool:
+        passing = [p["lms"] >= floor for p in full if p["feature_factor"] == f]
+        return passing == sorted(passing, reverse=True)  # True..True, False..False
+
+    # The precondition of the documented guarantee (no point passes again after a failure, as when
+    # the LMS falls with η), which holds here; then the choices equal the full grid's.
+    assert stays_failed(-1.0) and stays_failed(1.0)
+    assert select(searched, base_point, context, 0.999) == select(full, base_point, context, 0.999)

@@ -1,17 +1,20 @@
 """Objectives -> flat gradient vectors (docs/method.md §2-§3), each pinned against a hand-built
 autograd reference.
 
-The fixtures' tokenizers are word-level and split on whitespace, so the references build token ids
-from
-``str.split()`` directly instead of going through the code under test.
+The fixtures' tokenizers are word-level, so the references build token ids from the words of the
+text directly instead of going through the code under test: ``gpt2_pieces`` for the byte-level
+causal and RoBERTa fixtures (first word bare, later words 'Ġ'-prefixed, so " he" is 'Ġhe', not
+'he'), ``str.split()`` for the BERT fixture.
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
+from conftest import SPACE, gpt2_pieces
 from torch import nn
 
 from gradiend_core.base_model import select_param_space
@@ -21,8 +24,19 @@ from gradiend_core.gradients import (
     GradientComputer,
     needed_kinds,
 )
-from gradiend_core.mlm_head import MlmHead, build_masked_batch, pooled_mask_states
-from gradiend_core.tokens import prefix_before_mask, require_single_token, single_token_id
+from gradiend_core.mlm_head import (
+    MlmHead,
+    build_masked_batch,
+    fit_mlm_head,
+    pooled_mask_states,
+    require_single_token_targets,
+)
+from gradiend_core.tokens import (
+    causal_prefix_ids,
+    prefix_before_mask,
+    require_single_token,
+    single_token_id,
+)
 
 MASK = "[MASK]"
 EX1 = "My brother said that [MASK] was very tired after the long day at work ."
@@ -50,23 +64,34 @@ def flat_grad(loss: torch.Tensor, tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def ref_clm_next_token(base, space, masked: str, word: str) -> torch.Tensor:
-    """CE of the logits at the last prefix token against the token id of ``word`` (unpadded, batch
-    of one)."""
-    prefix = masked.split(MASK)[0].split()
+    """CE of the logits at the last prefix token against the token id of ``" " + word`` (unpadded,
+    batch of one)."""
+    prefix = gpt2_pieces(masked.split(MASK)[0])
     ids = torch.tensor([word_ids(base.tokenizer, prefix)])
-    target = torch.tensor(word_ids(base.tokenizer, [word]))
+    target = torch.tensor(word_ids(base.tokenizer, [SPACE + word]))
     logits = base.model(input_ids=ids).logits[:, -1, :]
     return flat_grad(nn.functional.cross_entropy(logits, target), space_tensors(base.model, space))
 
 
+def masked_lm_pieces(tok, masked: str) -> tuple[list[str], str]:
+    """Word pieces of a masked fixture text and the piece of a target word, by hand: BERT's
+    whitespace pieces, or RoBERTa's byte-level pieces, where '<mask>' swallows the space before it
+    and the word it stands for is the 'Ġ' entry."""
+    if tok.mask_token == "[MASK]":
+        return masked.split(), ""
+    pieces = gpt2_pieces(masked)
+    return [tok.mask_token if p in (MASK, SPACE + MASK) else p for p in pieces], SPACE
+
+
 def ref_mlm(base, space, masked: str, word: str) -> torch.Tensor:
-    """CE at every mask position of ``[CLS] words [SEP]`` (mean over the masks)."""
+    """CE at every mask position of ``<cls> pieces <sep>`` (mean over the masks)."""
     tok = base.tokenizer
-    ids = [tok.cls_token_id] + word_ids(tok, masked.split()) + [tok.sep_token_id]
+    pieces, mark = masked_lm_pieces(tok, masked)
+    ids = [tok.cls_token_id] + word_ids(tok, pieces) + [tok.sep_token_id]
     positions = [i for i, t in enumerate(ids) if t == tok.mask_token_id]
     assert positions
     logits = base.model(input_ids=torch.tensor([ids])).logits[0, positions]
-    target = torch.tensor(word_ids(tok, [word]) * len(positions))
+    target = torch.tensor(word_ids(tok, [mark + word]) * len(positions))
     return flat_grad(nn.functional.cross_entropy(logits, target), space_tensors(base.model, space))
 
 
@@ -192,14 +217,20 @@ def test_empty_left_context_is_an_error(causal_base):
 # ---- mlm -----------------------------------------------------------------------------------------
 
 
-def test_mlm_single_example_matches_reference(bert_base):
-    space = full_space(bert_base)
-    assert all(n.startswith("bert.") for n in space.names)  # the cls.* head is never part of θ
-    computer = GradientComputer(bert_base, space, "mlm", MASK, max_length=64)
+@pytest.mark.parametrize(
+    ("fixture", "backbone"), [("bert_base", "bert."), ("roberta_base", "roberta.")]
+)
+def test_mlm_single_example_matches_reference(request, fixture, backbone):
+    """BERT's whitespace pieces and RoBERTa's byte-level pieces: for RoBERTa the mask is labelled
+    with 'Ġhe' (the word after a space), not with the sentence-initial entry 'he'."""
+    base = request.getfixturevalue(fixture)
+    space = full_space(base)
+    assert all(n.startswith(backbone) for n in space.names)  # the MLM head is never part of θ
+    computer = GradientComputer(base, space, "mlm", MASK, max_length=64)
     got = computer.vectors([EX1], ["he"], ["she"], ("factual", "alternative", "diff"))
     expected_f, expected_a = (
-        ref_mlm(bert_base, space, EX1, "he"),
-        ref_mlm(bert_base, space, EX1, "she"),
+        ref_mlm(base, space, EX1, "he"),
+        ref_mlm(base, space, EX1, "she"),
     )
     torch.testing.assert_close(got["factual"], expected_f, atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(got["alternative"], expected_a, atol=ATOL, rtol=1e-4)
@@ -240,13 +271,27 @@ def make_head(base, pooling_length: int = 3, seed: int = 1) -> MlmHead:
     return head
 
 
+def head_pieces(masked: str) -> list[str]:
+    """Byte-level pieces of a masked fixture text as the MLM head reads it (§2.5), by hand: the
+    text before the first mask right-stripped, one ``MASK`` per placeholder, then the following
+    text with its leading space. Text between two masks is right-stripped too, so no lone 'Ġ'
+    piece stands before a mask."""
+    first, *rest = masked.split(MASK)
+    pieces = gpt2_pieces(first) + [MASK]
+    for i, text in enumerate(rest):
+        pieces += [SPACE + w for w in text.split()]
+        if i < len(rest) - 1:
+            pieces += [MASK]
+    return pieces
+
+
 def manual_pooled(base, masked: str, pooling_length: int) -> torch.Tensor:
     """Mean of the last hidden states at the mask and the next P-1 positions (one unpadded row, grad
     kept)."""
     tok = base.tokenizer
-    words = masked.split()
-    positions = [i for i, w in enumerate(words) if w == MASK]
-    ids = torch.tensor([word_ids(tok, [tok.pad_token if w == MASK else w for w in words])])
+    pieces = head_pieces(masked)
+    positions = [i for i, w in enumerate(pieces) if w == MASK]
+    ids = torch.tensor([word_ids(tok, [tok.pad_token if w == MASK else w for w in pieces])])
     embeds = base.model.model.embed_tokens(ids).clone()
     embeds[0, positions] = base.model.model.embed_tokens.weight.detach().mean(0)
     hidden = base.model.model(inputs_embeds=embeds).last_hidden_state[0]
@@ -288,13 +333,19 @@ def test_pooled_mask_states_pools_exactly_the_mask_and_the_next_positions(causal
     ]
     head = make_head(causal_base, pooling)
     batch = build_masked_batch(tok, texts, MASK, 64, pooling)
-    # Two rows, left padded; masks at the right places.
+    # Two rows, left padded; masks at the right places. Row 0 is 7 tokens (My Ġfriend Ġsaid <M>
+    # Ġwas Ġtired Ġ.); row 1 is 15 (The Ġold Ġman Ġbelieved Ġthat <M> Ġhad Ġfound Ġthe Ġlost Ġkeys
+    # Ġin Ġthe <M> Ġ.): the text before the second mask is right-stripped, no lone 'Ġ' piece.
+    pad = tok.pad_token_id
+    assert batch.input_ids[0].tolist() == [pad] * 8 + word_ids(
+        tok, ["My", "Ġfriend", "Ġsaid", "<pad>", "Ġwas", "Ġtired", "Ġ."]
+    )
+    assert batch.input_ids[1, 11:].tolist() == word_ids(tok, ["Ġin", "Ġthe", "<pad>", "Ġ."])
     assert batch.mask_rows.tolist() == [0, 1, 1]
     width = batch.input_ids.shape[1]
-    assert width == max(len(t.split()) for t in texts)
-    pad0 = width - len(texts[0].split())
-    assert batch.attention_mask[0].tolist() == [0] * pad0 + [1] * (width - pad0)
-    assert batch.mask_cols.tolist() == [pad0 + 3, 5, len(texts[1].split()) - 2]
+    assert width == 15
+    assert batch.attention_mask[0].tolist() == [0] * 8 + [1] * 7
+    assert batch.mask_cols.tolist() == [8 + 3, 5, 13]
     with torch.no_grad():
         got = pooled_mask_states(model, batch, head.mask_embedding, pooling)
         embeds = model.get_input_embeddings()(batch.input_ids)
@@ -327,9 +378,12 @@ def test_pooled_mask_states_pools_exactly_the_mask_and_the_next_positions(causal
 # ---- targets, objectives, labels -----------------------------------------------------------------
 
 
-def test_single_token_rules(causal_base, bert_base):
+def test_single_token_rules(causal_base, bert_base, roberta_base):
     tok = causal_base.tokenizer
-    assert single_token_id(tok, "he", "causal") == tok.convert_tokens_to_ids("he")
+    # The word after a space: 'Ġhe', which the byte-level fixture keeps apart from the bare 'he'.
+    he_space, he_bare = word_ids(tok, ["Ġhe", "he"])
+    assert he_space != he_bare
+    assert single_token_id(tok, "he", "causal") == he_space
     assert single_token_id(tok, "he she", "causal") is None
     assert (
         single_token_id(tok, "HE", "causal") is None
@@ -341,12 +395,15 @@ def test_single_token_rules(causal_base, bert_base):
     computer = GradientComputer(
         causal_base, full_space(causal_base), "clm_next_token", MASK, max_length=64
     )
-    assert [computer.target_index(w) for w in ("he", "He", "HE")] == tok.convert_tokens_to_ids(
-        ["he", "He", "he"]
+    assert [computer.target_index(w) for w in ("he", "He", "HE")] == word_ids(
+        tok, ["Ġhe", "ĠHe", "Ġhe"]
     )
-    assert require_single_token(
-        bert_base.tokenizer, "she", "masked"
-    ) == bert_base.tokenizer.convert_tokens_to_ids("she")
+    # Masked LMs: BERT's whitespace tokenizer has one 'she'; RoBERTa's mask stands for 'Ġshe'.
+    bert = bert_base.tokenizer
+    assert require_single_token(bert, "she", "masked") == word_ids(bert, ["she"])[0]
+    roberta = roberta_base.tokenizer
+    she_space, she_bare = word_ids(roberta, ["Ġshe", "she"])
+    assert require_single_token(roberta, "she", "masked") == she_space != she_bare
     with pytest.raises(GradiendError) as exc:
         require_single_token(tok, "he she", "causal")
     assert "'he she'" in str(exc.value) and "single token" in str(exc.value)
@@ -356,6 +413,16 @@ def test_prefix_before_mask():
     assert prefix_before_mask("a b  [MASK] c [MASK]", MASK) == "a b"
     with pytest.raises(GradiendError):
         prefix_before_mask("no placeholder", MASK)
+
+
+def test_causal_prefix_ids_are_the_right_stripped_prefix(causal_base):
+    """No trailing 'Ġ' (the space belongs to the target 'Ġhe'); the last ``max_length`` kept."""
+    tok = causal_base.tokenizer
+    masked = "My brother said that [MASK] was tired ."
+    assert causal_prefix_ids(tok, masked, MASK, 64) == word_ids(
+        tok, ["My", "Ġbrother", "Ġsaid", "Ġthat"]
+    )
+    assert causal_prefix_ids(tok, masked, MASK, 2) == word_ids(tok, ["Ġsaid", "Ġthat"])
 
 
 def test_objective_must_fit_the_model(causal_base, bert_base):
@@ -382,6 +449,56 @@ def test_head_target_index_is_case_insensitive_and_rejects_unknown_words(causal_
     assert [head.label_index(w) for w in ("he", "He", " SHE ", "she")] == [0, 0, 1, 1]
     with pytest.raises(GradiendError, match="'they'"):
         head.label_index("they")
+
+
+def test_head_targets_must_be_single_tokens_of_the_causal_model(causal_base):
+    tok = causal_base.tokenizer
+    require_single_token_targets(tok, {"he": ["he", "He"], "she": ["SHE"]})  # 'SHE' -> 'Ġshe'
+    with pytest.raises(GradiendError) as exc:
+        require_single_token_targets(tok, {"he": ["he"], "she": ["she was"]})
+    assert str(exc.value) == (
+        "params.yaml: 'feature.targets' word 'she was' is not a single token for this model (it"
+        " splits into ['Ġshe', 'Ġwas']); choose single-token target words."
+    )
+
+
+def head_rows(splits: list[tuple[str, str]]) -> pd.DataFrame:
+    """Masked rows of the given (class, split) pairs for fit_mlm_head."""
+    return pd.DataFrame(
+        {
+            "masked": [EX1] * len(splits),
+            "factual": [c for c, _ in splits],
+            "factual_class": [c for c, _ in splits],
+            "split": [s for _, s in splits],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("targets", "rows", "message"),
+    [
+        (
+            {"he": ["he"], "she": ["she was"]},
+            [("he", "train"), ("she", "train"), ("he", "validation"), ("she", "validation")],
+            "'feature.targets' word 'she was' is not a single token",
+        ),
+        (
+            {"he": ["he"], "she": ["she"]},
+            [("he", "train"), ("she", "train"), ("he", "validation")],
+            "class 'she' has no row in split 'validation'",
+        ),
+    ],
+)
+def test_fit_mlm_head_rejects_bad_inputs_before_any_work(causal_base, targets, rows, message):
+    feature = SimpleNamespace(classes=["he", "she"], targets=targets, mask=MASK)
+    gradient = SimpleNamespace(max_length=32, pooling_length=3)
+    settings = SimpleNamespace(
+        epochs=1, batch_size=2, learning_rate=1e-3, weight_decay=0.0, max_per_class=4, seed=0
+    )
+    with pytest.raises(GradiendError, match=message):
+        fit_mlm_head(
+            causal_base.model, causal_base.tokenizer, head_rows(rows), feature, gradient, settings
+        )
 
 
 @pytest.mark.parametrize(

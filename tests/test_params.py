@@ -164,6 +164,8 @@ def test_wrong_type_names_the_key(raw, section, key, value):
         ("evaluate_decoder", "learning_rates", []),
         ("feature", "classes", ["he", "he"]),
         ("model", "source", "  "),
+        ("data", "encoding", "utf-9"),  # no such codec
+        ("data", "encoding", "hex"),  # a bytes-to-bytes codec, not a text encoding
     ],
 )
 def test_out_of_range_names_the_key(raw, section, key, value):

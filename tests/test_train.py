@@ -3,6 +3,7 @@ convergence, seeds, a real run."""
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,16 +17,18 @@ from gradiend_core.data import build_dataset
 from gradiend_core.errors import GradiendError
 from gradiend_core.feature import ClassPair
 from gradiend_core.gradiend import Gradiend
-from gradiend_core.gradients import GradientComputer
+from gradiend_core.gradients import GradientComputer, batch_vectors, fixed_batches, row_vectors
 from gradiend_core.selection import seed_summary, select_seed
 from gradiend_core.stats import pearson
 from gradiend_core.training import (
     EvalSet,
     Evaluation,
+    batch_schedule,
     converged,
-    round_robin_batches,
+    diagnose,
     train_gradiend,
 )
+from gradiend_core.vectors import GradientStore, RowVectors
 
 CLASSES = ["he", "she"]
 PAIR = ClassPair("he", "she")
@@ -97,47 +100,29 @@ def class_rows(n_he: int, n_she: int) -> pd.DataFrame:
     )
 
 
-def take(iterator, n: int) -> list[pd.DataFrame]:
-    return [next(iterator) for _ in range(n)]
-
-
-def test_round_robin_alternates_classes_and_reshuffles_each_cycle():
-    rows = class_rows(5, 7)
-    batches = take(round_robin_batches(rows, CLASSES, 2, seed=3), 60)
-    assert [b["factual_class"].unique().tolist() for b in batches] == [["he"], ["she"]] * 30
-    assert all(len(b) == 2 for b in batches)
-    he_ids, she_ids = (
-        set(rows.loc[rows["factual_class"] == "he", "id"]),
-        set(rows.loc[rows["factual_class"] == "she", "id"]),
-    )
-    he_batches, she_batches = batches[0::2], batches[1::2]
-    # he: 5 rows -> 2 full batches per cycle (one row left out); she: 7 rows -> 3 batches per cycle.
-    he_cycles = [set(he_batches[i]["id"]) | set(he_batches[i + 1]["id"]) for i in range(0, 30, 2)]
-    she_cycles = [
-        set().union(*(set(she_batches[i + j]["id"]) for j in range(3))) for i in range(0, 30, 3)
-    ]
-    assert all(len(c) == 4 and c <= he_ids for c in he_cycles)  # no row twice inside a cycle
-    assert all(len(c) == 6 and c <= she_ids for c in she_cycles)
-    assert (
-        len({frozenset(c) for c in he_cycles}) > 1
-    )  # a fresh shuffle each cycle, not the same left-out row
-    assert len({tuple(b["id"]) for b in he_batches}) > 2
-
-
-def test_round_robin_is_deterministic_per_seed():
-    rows = class_rows(9, 9)
-
-    def ids(seed):
-        return [tuple(b["id"]) for b in take(round_robin_batches(rows, CLASSES, 3, seed), 24)]
-
-    assert ids(0) == ids(0)
-    assert ids(0) != ids(1)
-
-
-def test_round_robin_needs_a_full_batch_per_class():
+def test_fixed_batches_cut_each_class_in_order_and_drop_the_remainder():
+    rows = class_rows(5, 7)  # ids 0..6 are she, 7..11 are he
+    batches = fixed_batches(rows, CLASSES, 2)
+    assert [b["id"].tolist() for b in batches] == [[7, 8], [9, 10], [0, 1], [2, 3], [4, 5]]
     with pytest.raises(GradiendError) as exc:
-        next(round_robin_batches(class_rows(5, 2), CLASSES, 3, seed=0))
+        fixed_batches(class_rows(5, 2), CLASSES, 3)
     assert "'she'" in str(exc.value) and "train.batch_size = 3" in str(exc.value)
+
+
+def test_batch_schedule_alternates_classes_and_reshuffles_each_cycle():
+    classes = ["he", "he", "she", "she", "she"]  # batches 0, 1 are he; 2, 3, 4 are she
+    order = batch_schedule(classes, PAIR, 60, seed=3)
+    assert [classes[i] for i in order] == ["he", "she"] * 30
+    he, she = order[0::2], order[1::2]
+    he_cycles = [tuple(he[i : i + 2]) for i in range(0, 30, 2)]
+    she_cycles = [tuple(she[i : i + 3]) for i in range(0, 30, 3)]
+    assert all(sorted(c) == [0, 1] for c in he_cycles)  # every batch once per cycle
+    assert all(sorted(c) == [2, 3, 4] for c in she_cycles)
+    assert len(set(she_cycles)) > 1  # a fresh shuffle each cycle
+    assert batch_schedule(classes, PAIR, 24, seed=0) == batch_schedule(classes, PAIR, 24, seed=0)
+    assert batch_schedule(classes, PAIR, 24, seed=0) != batch_schedule(classes, PAIR, 24, seed=1)
+    with pytest.raises(GradiendError, match="'she' has no training batch"):
+        batch_schedule(["he", "he"], PAIR, 4, seed=0)
 
 
 # ---- evaluation with a synthetic computer --------------------------------------------------------
@@ -187,7 +172,7 @@ def unit_encoder() -> Gradiend:
 def test_eval_set_labels_groups_and_sign_flip(source):
     values = {"he a": -2.0, "he b": -1.5, "she a": 2.0, "she b": 1.0}
     rows, computer = eval_rows(values)
-    ev_set = EvalSet(computer, rows, PAIR, source)
+    ev_set = EvalSet(row_vectors(computer, rows, source, "validation"), PAIR, source)
     labels = [encoder_label(c, CLASSES, source) for c in rows["factual_class"]]
     assert ev_set.labels.tolist() == labels
     assert ev_set.groups == [source_class(c, CLASSES, source) for c in rows["factual_class"]]
@@ -220,12 +205,16 @@ def test_no_flip_between_minus_point_six_and_zero_or_when_disabled():
     labels = [1 if t.startswith("he") else -1 for t in values]
     corr = np.corrcoef(enc, labels)[0, 1]
     assert -0.6 < corr < 0
-    ev = EvalSet(computer, rows, PAIR, "factual").evaluate(unit_encoder(), 1, normalize=True)
+    ev = EvalSet(row_vectors(computer, rows, "factual", "validation"), PAIR, "factual").evaluate(
+        unit_encoder(), 1, normalize=True
+    )
     assert not ev.flipped and ev.correlation == pytest.approx(corr, abs=1e-6)
     strong = {"he a": -2.0, "she a": 2.0, "he b": -1.0, "she b": 1.0}
     rows, computer = eval_rows(strong)
     model = unit_encoder()
-    ev = EvalSet(computer, rows, PAIR, "factual").evaluate(model, 1, normalize=False)
+    ev = EvalSet(row_vectors(computer, rows, "factual", "validation"), PAIR, "factual").evaluate(
+        model, 1, normalize=False
+    )
     assert not ev.flipped and ev.correlation < -0.6 and model.encoder_weight[0, 0].item() == 1.0
 
 
@@ -303,10 +292,25 @@ def tiny_examples() -> pd.DataFrame:
     return corpus.examples
 
 
+def store_for(computer, train: pd.DataFrame, val: pd.DataFrame, config) -> GradientStore:
+    """What the gradients stage stores, for the given rows (no test or neutral rows needed)."""
+    empty = RowVectors(torch.zeros(0, computer.size), [], [])
+    return GradientStore(
+        config.source,
+        config.target,
+        batch_vectors(computer, train, CLASSES, config),
+        row_vectors(computer, val, config.source, "validation"),
+        empty,
+        empty,
+    )
+
+
 def run(computer, examples: pd.DataFrame, seed: int, **overrides):
     train = examples[examples["split"] == "train"]
     val = examples[examples["split"] == "validation"].groupby("factual_class").head(3)
-    return train_gradiend(computer, train, val, PAIR, settings(**overrides), seed), train, val
+    config = settings(**overrides)
+    store = store_for(computer, train, val, config)
+    return train_gradiend(store, PAIR, config, seed), train, val
 
 
 def test_train_gradiend_runs_records_evaluations_and_first_loss(causal_base, tiny_examples):
@@ -316,13 +320,20 @@ def test_train_gradiend_runs_records_evaluations_and_first_loss(causal_base, tin
     result, train, val = run(computer, tiny_examples, seed=0)
     assert [e.step for e in result.evaluations] == [0, 2, 4, 5]
     assert len(result.losses) == 5 and all(np.isfinite(result.losses))
-    assert result.best is not None and result.best.step in (2, 4, 5)
-    later = result.evaluations[1:]
-    assert abs(result.best.correlation) == max(abs(e.correlation) for e in later)
+    evals = result.evaluations
+    assert abs(result.best.correlation) == max(abs(e.correlation) for e in evals)
     assert result.best is next(
-        e for e in later if abs(e.correlation) == abs(result.best.correlation)
-    )  # ties: earliest
-    assert result.converged == converged(result.best, 0.5, 0.5)
+        e for e in evals if abs(e.correlation) == abs(result.best.correlation)
+    )  # ties: earliest, step 0 included
+    # Convergence by hand from the best record's numbers (thresholds 0.5 / 0.5).
+    he, she = result.best.mean_by_class["he"], result.best.mean_by_class["she"]
+    by_hand = (
+        result.best.step > 0
+        and result.best.correlation >= 0.5
+        and min(abs(he), abs(she)) >= 0.5
+        and he * she < 0
+    )
+    assert result.converged is by_hand
     assert set(result.best.mean_by_class) == set(CLASSES)
 
     # Step 0: the freshly initialised model on the validation source (alternative) gradients, labels
@@ -342,17 +353,21 @@ def test_train_gradiend_runs_records_evaluations_and_first_loss(causal_base, tin
     assert first.flipped == (corr0 < -0.6)
     assert first.correlation == pytest.approx(-corr0 if first.flipped else corr0, abs=1e-5)
 
-    # Step 1's loss: MSE of the initial model on the first two round-robin batches (he then she),
-    # source -> target.
-    batches = round_robin_batches(train, CLASSES, 2, 0)
+    # Step 1's loss: MSE of the initial model on the first two scheduled batches (he then she),
+    # source -> target; the fixed batches are cut by hand: each class's rows in order, in twos.
+    by_class = {c: train[train["factual_class"] == c] for c in CLASSES}
+    batches = [
+        by_class[c].iloc[i : i + 2] for c in CLASSES for i in range(0, len(by_class[c]) - 1, 2)
+    ]
+    first_two = batch_schedule([str(b["factual_class"].iloc[0]) for b in batches], PAIR, 2, 0)
     pairs = [
         computer.vectors(
-            b["masked"].tolist(),
-            b["factual"].tolist(),
-            b["alternative"].tolist(),
+            batches[i]["masked"].tolist(),
+            batches[i]["factual"].tolist(),
+            batches[i]["alternative"].tolist(),
             ("alternative", "diff"),
         )
-        for b in take(batches, 2)
+        for i in first_two
     ]
     source = torch.stack([p["alternative"] for p in pairs])
     target = torch.stack([p["diff"] for p in pairs])
@@ -360,9 +375,9 @@ def test_train_gradiend_runs_records_evaluations_and_first_loss(causal_base, tin
     assert result.losses[0] == pytest.approx(expected, rel=1e-4)
 
     # The returned weights are the best checkpoint's: re-evaluating them reproduces its record.
-    again = EvalSet(computer, val, PAIR, "alternative").evaluate(
-        result.model, result.best.step, normalize=False
-    )
+    again = EvalSet(
+        row_vectors(computer, val, "alternative", "validation"), PAIR, "alternative"
+    ).evaluate(result.model, result.best.step, normalize=False)
     assert again.correlation == pytest.approx(result.best.correlation, abs=1e-5)
     for c in CLASSES:
         assert again.mean_by_class[c] == pytest.approx(result.best.mean_by_class[c], abs=1e-5)
@@ -412,7 +427,7 @@ def test_train_gradiend_learns_a_clean_synthetic_feature():
     config = settings(
         learning_rate=0.05, weight_decay=0.0, gradiend_batch_size=1, max_steps=60, eval_steps=10
     )
-    result = train_gradiend(FakeComputer(table), train, val, PAIR, config, seed=0)
+    result = train_gradiend(store_for(FakeComputer(table), train, val, config), PAIR, config, 0)
     assert result.converged
     assert result.best.correlation > 0.9
     # Source alternative: he rows feed the she-token gradient, labelled -1 and grouped under 'she';
@@ -444,17 +459,36 @@ def test_best_checkpoint_ties_keep_the_earliest_evaluation():
         max_steps=6,
         eval_steps=2,
     )
-    result = train_gradiend(FakeComputer(table), frame, val, PAIR, config, seed=0)
+    result = train_gradiend(store_for(FakeComputer(table), frame, val, config), PAIR, config, 0)
     assert [e.step for e in result.evaluations] == [0, 2, 4, 6]
     assert all(abs(e.correlation) == pytest.approx(1.0) for e in result.evaluations)
-    assert result.best is result.evaluations[1]
-    again = EvalSet(FakeComputer(table), val, PAIR, "factual").evaluate(
-        result.model, 2, normalize=False
-    )
+    # Ties keep the earliest evaluation, and step 0 competes: the run never improved on its start,
+    # so it does not count as converged whatever its correlation.
+    assert result.best is result.evaluations[0]
+    assert not result.converged
+    assert result.diagnosis.startswith("not converged: the best evaluation is step 0")
+    again = EvalSet(
+        row_vectors(FakeComputer(table), val, "factual", "validation"), PAIR, "factual"
+    ).evaluate(result.model, 0, normalize=False)
     assert again.mean_by_class == pytest.approx(result.best.mean_by_class, abs=1e-6)
     assert again.mean_by_class != pytest.approx(
         result.evaluations[-1].mean_by_class, abs=1e-6
     )  # not the last weights
+
+
+@pytest.mark.parametrize(
+    ("best", "expected"),
+    [
+        (ev(4, 0.9, 0.8, -0.7), "converged"),
+        (ev(0, 0.99, 0.9, -0.9), "not converged: the best evaluation is step 0"),
+        (ev(4, 0.2, 0.8, 0.7), "collapsed: every class encodes to the same sign (he +0.800, she"),
+        (ev(4, 0.2, -0.1, -0.3), "collapsed: every class encodes to the same sign (he -0.100"),
+        (ev(4, 0.4, 0.8, -0.7), "not converged: correlation 0.400 is below"),
+        (ev(4, 0.9, 0.8, -0.2), "not converged: a class mean is closer to 0 than"),
+    ],
+)
+def test_diagnosis_says_why_in_words(best, expected):
+    assert diagnose(best, 0.5, 0.5).startswith(expected)
 
 
 def test_seed_summary_names_converged_seeds_and_the_choice():
@@ -467,3 +501,58 @@ def test_seed_summary_names_converged_seeds_and_the_choice():
     none = seed_summary([report(0, False, 0.3), report(1, False, 0.4)])
     assert none["best_seed"] == 1 and none["convergent_count"] == 0 and not none["converged"]
     assert none["selection_strategy"] == "max validation correlation (no seed converged)"
+
+
+def test_seed_summary_aggregates_the_converged_seeds_only():
+    # Converged 0.6, 0.7, 0.8 (the diverged 0.95 is left out): mean 0.7, sample std
+    # sqrt((0.01 + 0 + 0.01) / 2) = 0.1.
+    reports = [report(0, True, 0.6), report(1, False, 0.95), report(2, True, 0.7)]
+    reports.append(report(3, True, 0.8))
+    summary = seed_summary(reports)
+    assert summary["trained_count"] == 4 and summary["convergent_count"] == 3
+    assert summary["correlation_mean"] == pytest.approx(0.7)
+    assert summary["correlation_std"] == pytest.approx(0.1)
+    # Two converged, 0.6 and 0.7: mean 0.65, std sqrt(2 * 0.05^2 / 1) = 0.0707...
+    two = seed_summary([report(0, True, 0.6), report(1, True, 0.7), report(2, False, None)])
+    assert two["correlation_mean"] == pytest.approx(0.65)
+    assert two["correlation_std"] == pytest.approx(math.sqrt(0.005))
+    assert (two["convergent_count"], two["trained_count"]) == (2, 3)
+    # One converged seed has a mean but no spread; none converged: both null.
+    one = seed_summary([report(5, True, 0.9), report(6, False, 0.4)])
+    assert one["correlation_mean"] == 0.9 and one["correlation_std"] is None
+    none = seed_summary([report(0, False, 0.3), report(1, False, None)])
+    assert none["correlation_mean"] is None and none["correlation_std"] is None
+    assert (none["convergent_count"], none["trained_count"]) == (0, 2)
+
+
+# ---- identity classes (docs/method.md §1.3) ------------------------------------------------------
+
+
+def test_batch_schedule_takes_identity_classes_in_turn_after_the_pair():
+    # Stored order: the pair's batches, then the identity classes' (they: 3 batches, it: 1).
+    classes = ["he", "he", "she", "they", "they", "they", "it"]
+    order = batch_schedule(classes, PAIR, 40, seed=5)
+    assert [classes[i] for i in order] == ["he", "she", "they", "it"] * 10
+    they = order[2::4]
+    assert all(sorted(they[i : i + 3]) == [3, 4, 5] for i in range(0, 9, 3))  # once per cycle
+    assert set(order[3::4]) == {6}
+    # The pair's batches keep their own cycles: the he/she positions of the longer schedule are a
+    # seeded order of the pair's batches like any other.
+    assert sorted(order[0::4][:2]) == [0, 1] and set(order[1::4]) == {2}
+
+
+def test_eval_set_leaves_identity_rows_out_of_the_correlation_and_reports_their_mean():
+    values = {"he a": -2.0, "he b": -1.0, "she a": 2.0, "she b": 0.5, "they a": 0.3, "they b": -1.1}
+    rows, computer = eval_rows(values)
+    ev_set = EvalSet(row_vectors(computer, rows, "factual", "validation"), PAIR, "factual")
+    assert ev_set.labels.tolist() == [1, 1, -1, -1, 0, 0]
+    enc = np.tanh(np.array(list(values.values())))
+    corr = np.corrcoef(enc[:4], [1, 1, -1, -1])[0, 1]  # the pair's rows only
+    ev = ev_set.evaluate(unit_encoder(), 3, normalize=True)
+    assert corr < -0.6 and ev.flipped  # flipped on the pair's correlation
+    assert ev.correlation == pytest.approx(-corr, abs=1e-6)
+    assert ev.mean_by_class == pytest.approx({"he": -enc[:2].mean(), "she": -enc[2:4].mean()})
+    assert ev.other_means == pytest.approx({"they": -enc[4:].mean()})
+    assert ev.row()["mean_they"] == pytest.approx(-enc[4:].mean())
+    # Convergence reads the pair: he +0.863, she -0.713 pass although they's |mean| 0.254 < 0.5.
+    assert abs(ev.other_means["they"]) < 0.5 and converged(ev, 0.5, 0.5)
