@@ -7,6 +7,7 @@ empty), then, with this checkout's .venv on PATH and 2 torch threads as params.y
 1. ``dvc repro``                                     -> ``default_repro_s``
 2. ``dvc exp run -S train.learning_rate=<half>``     -> ``gradiend_only_exp_s``
 3. ``dvc exp run -S train.seeds=[<seeds>, <new>]``   -> ``added_seed_s`` (the new train stage)
+4. ``python -m gradiend_core.comparison --rev HEAD --rev lr-half`` -> results/compare_runs/
 
 Stage durations come from the stages' own logs (logs/<stage>.log). The figures are merged into
 benchmarks/results/summary.json; ``first_seed_s`` is the gradients stage plus the first train
@@ -68,12 +69,29 @@ def main() -> int:
     repro_s = run(["dvc", "repro"], WORK)
     stages = stage_seconds(WORK)
     trains = train_seconds(WORK)
-    exp_s = run(["dvc", "exp", "run", "-S", f"train.learning_rate={lr}"], WORK)
+    exp_s = run(["dvc", "exp", "run", "-n", "lr-half", "-S", f"train.learning_rate={lr}"], WORK)
     more = json.dumps([*seeds, max(seeds) + 1])
     base_lr = params["train"]["learning_rate"]
     seed_cmd = ["dvc", "exp", "run", "-S", f"train.learning_rate={base_lr}"]
     seed_exp_s = run([*seed_cmd, "-S", f"train.seeds={more}"], WORK)
     added = train_seconds(WORK)[-1]
+    # Across runs: the committed run's GRADIENDs (read from this clone's DVC cache) against the
+    # half-learning-rate experiment's, with the documented command.
+    compare_out = RESULTS / "compare_runs"
+    run(
+        [
+            "python",
+            "-m",
+            "gradiend_core.comparison",
+            "--rev",
+            "HEAD",
+            "--rev",
+            "lr-half",
+            "--out",
+            str(compare_out),
+        ],
+        WORK,
+    )
     first_seed = stages.get("gradients", 0.0) + trains[0]
     figures = {
         "default_repro_s": repro_s,

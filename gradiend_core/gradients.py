@@ -356,6 +356,7 @@ def compute_store(
     settings,
     neutral_seed: int,
     identity: list[str] = (),
+    validation_neutral: list[str] = (),
 ) -> GradientStore:
     """Compute every reusable vector (the ``gradients`` stage, docs/method.md §4.2).
 
@@ -371,6 +372,9 @@ def compute_store(
         neutral_seed: picks each neutral sentence's target position.
         identity: classes outside the pair whose rows train as identity rows (label 0, target
             ``diff`` exactly 0): their batches follow the pair's in the store.
+        validation_neutral: neutral sentences encoded during training (label 0; §4.5), other
+            than ``neutral_texts``; their positions come from a generator seeded
+            ``neutral_seed + 1``.
     """
     train_rows = examples[examples["split"] == "train"]
     return GradientStore(
@@ -380,4 +384,5 @@ def compute_store(
         row_vectors(computer, validation, settings.source, "validation"),
         row_vectors(computer, test, settings.source, "test"),
         neutral_vectors(computer, neutral_texts, neutral_seed),
+        neutral_vectors(computer, list(validation_neutral), neutral_seed + 1),
     )

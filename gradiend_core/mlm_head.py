@@ -154,8 +154,9 @@ class MlmHead(nn.Module):
 
 
 def head_labels(targets: dict[str, list[str]], classes: list[str]) -> list[str]:
-    """The head's output labels: every target word, lowercased, in class order."""
-    return [w.lower() for c in classes for w in targets[c]]
+    """The head's output labels: every distinct target word, lowercased, in class order (a word
+    listed twice in a class, such as 'her' in [she, her, her], is one label)."""
+    return list(dict.fromkeys(w.lower() for c in classes for w in targets[c]))
 
 
 def require_single_token_targets(tokenizer, targets: dict[str, list[str]]) -> None:

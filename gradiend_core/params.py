@@ -438,6 +438,16 @@ class TrainParams(Section):
         doc="Validation rows per class (the pair's, and identity classes') whose source "
         "gradients the in-training evaluation encodes.",
     )
+    eval_neutral_size: int = req(
+        non_negative("an integer >= 0"),
+        doc="Neutral sentences (after the encoder evaluation's) also encoded during training, "
+        "label 0; 0 = none, and the checkpoint is then chosen by the pair's correlation.",
+    )
+    best_by: Literal["correlation", "correlation_with_neutral"] = req(
+        doc="What the best checkpoint maximizes: the pair's |correlation|, or the |correlation| "
+        "over the pair's rows and the neutral sentences (label 0), which also keeps neutral "
+        "text near 0.",
+    )
     normalize_sign: bool = req(
         doc="Flip the GRADIEND's sign (an exact reparametrisation) whenever the validation "
         "correlation is below -0.6, so that `feature.pair[0]` encodes towards +1.",

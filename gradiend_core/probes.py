@@ -47,6 +47,7 @@ import torch
 from gradiend_core.base_model import BaseModel
 from gradiend_core.decoder_eval import ProbeSet, class_probabilities
 from gradiend_core.errors import GradiendError
+from gradiend_core.feature import ClassPair
 from gradiend_core.stats import pearson
 from gradiend_core.tokens import causal_prefix_ids, class_token_ids
 
@@ -418,11 +419,12 @@ def prompt_class_probabilities(
     follow exactly the convention of the decoder grid (docs/method.md §2.4, §7.4).
     """
     tok, mask = model.tokenizer, feature.mask
+    classes = ClassPair.of_feature(feature).classes  # the contrasted pair, A first
     inputs = [causal_prefix_ids(tok, f"{p} {mask}", mask, max_length) for p in prompts]
     probe = ProbeSet(
-        classes=feature.classes,
-        row_class=[feature.classes[0]] * len(prompts),
-        token_ids=class_token_ids(tok, model.kind, feature.targets),
+        classes=classes,
+        row_class=[classes[0]] * len(prompts),
+        token_ids=class_token_ids(tok, model.kind, {c: feature.targets[c] for c in classes}),
         inputs=inputs,
         mask_positions=[-1] * len(prompts),
     )
@@ -475,7 +477,7 @@ def bias_probe(
         settings: ``probe_bias`` params.
         max_length: ``gradient.max_length`` (most prompt tokens kept).
     """
-    classes = feature.classes
+    classes = ClassPair.of_feature(feature).classes
     a, b = classes
     if base.kind != "causal":
         metrics = _not_applicable(base.kind, "bias probe")
@@ -485,7 +487,7 @@ def bias_probe(
     if settings.male_class not in classes:
         raise GradiendError(
             f"params.yaml: 'probe_bias.male_class' = {settings.male_class!r} is not one of "
-            f"feature.classes {classes}; name the class whose words refer to a man."
+            f"the contrasted pair {classes}; name the class whose words refer to a man."
         )
     labels = stereotype_labels(settings.occupations, "probe_bias.occupations")
     unknown = [e for e in settings.examples if e not in labels]

@@ -13,17 +13,19 @@ from gradiend_core.gradiend import load_gradiend, save_gradiend
 from gradiend_core.io import atomic_dir, read_json
 from gradiend_core.pruning import post_prune
 
-MAX_AMONG_CONVERGED = "max validation correlation among convergent seeds"
-MAX_WITHOUT_CONVERGENCE = "max validation correlation (no seed converged)"
+MAX_AMONG_CONVERGED = "max validation score (train.best_by) among convergent seeds"
+MAX_WITHOUT_CONVERGENCE = "max validation score (train.best_by; no seed converged)"
 
 
 def select_seed(reports: list[dict]) -> dict:
-    """Best converged seed by validation correlation (ties: lower seed); if no seed converged, the
-    best of all seeds. A seed without any evaluation (correlation None) ranks last."""
+    """Best converged seed by its validation score (ties: lower seed); if no seed converged, the
+    best of all seeds. The score is the one its best checkpoint maximized (``best_score``,
+    ``train.best_by``, §4.5), else the validation correlation. A seed without any evaluation
+    (score None) ranks last."""
     pool = [r for r in reports if r["converged"]] or reports
 
     def rank(report: dict) -> tuple[float, int]:
-        corr = report["best_correlation"]
+        corr = report.get("best_score", report["best_correlation"])
         return (float("-inf") if corr is None else corr, -report["seed"])
 
     return max(pool, key=rank)

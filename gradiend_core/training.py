@@ -85,6 +85,18 @@ class Evaluation:
     decoder_norm: float
     other_means: dict[str, float] = field(default_factory=dict)
     """Mean encoding of each identity class's rows (label 0, §1.3); empty without them."""
+    correlation_with_neutral: float | None = None
+    """Pearson correlation of the encodings with the labels over the pair's rows *and* the
+    validation neutral sentences (label 0); None without neutral sentences."""
+    neutral_abs_mean: float | None = None
+    """Mean |encoding| of the validation neutral sentences (0 is ideal)."""
+
+    def score(self, best_by: str) -> float:
+        """The value the best checkpoint maximizes (§4.5): |correlation| or, with neutral
+        sentences, |correlation_with_neutral|."""
+        if best_by == "correlation_with_neutral" and self.correlation_with_neutral is not None:
+            return abs(self.correlation_with_neutral)
+        return abs(self.correlation)
 
     def row(self) -> dict:
         """A flat record for ``eval.csv`` and ``training.json``."""
@@ -96,6 +108,8 @@ class Evaluation:
             "flipped": self.flipped,
             "encoder_norm": self.encoder_norm,
             "decoder_norm": self.decoder_norm,
+            "correlation_with_neutral": self.correlation_with_neutral,
+            "neutral_abs_mean": self.neutral_abs_mean,
         }
 
 
@@ -106,8 +120,12 @@ class EvalSet:
     are encoded with the rest, but the correlation, the sign flip and convergence look at the
     pair's rows only; their mean encodings are reported beside (``Evaluation.other_means``)."""
 
-    def __init__(self, rows: RowVectors, pair: ClassPair, source: str):
+    def __init__(
+        self, rows: RowVectors, pair: ClassPair, source: str, neutral: RowVectors | None = None
+    ):
         self.matrix = rows.matrix  # (N, n)
+        has_neutral = neutral is not None and len(neutral.matrix) > 0
+        self.neutral = neutral.matrix if has_neutral else None  # (M, n), label 0
         labels = [pair.label(c, source) for c in rows.factual_class]
         self.labels = torch.tensor(labels, dtype=torch.float32)  # (N,)
         self.groups = [pair.source_class(c, source) for c in rows.factual_class]
@@ -134,7 +152,26 @@ class EvalSet:
 
         means = {c: mean_of(c) for c in self.classes}
         other_means = {c: mean_of(c) for c in self.others}
-        return Evaluation(step, corr, means, flipped, **model.norms(), other_means=other_means)
+        with_neutral = neutral_abs_mean = None
+        if self.neutral is not None:
+            neutral_enc = model.encode(self.neutral)[:, 0].cpu()  # (M,), after any flip
+            pair_enc = enc[self.in_pair] if self.others else enc
+            pair_labels = self.labels[self.in_pair] if self.others else self.labels
+            with_neutral = pearson(
+                torch.cat([pair_enc, neutral_enc]),
+                torch.cat([pair_labels, torch.zeros(len(neutral_enc))]),
+            )
+            neutral_abs_mean = float(neutral_enc.abs().mean())
+        return Evaluation(
+            step,
+            corr,
+            means,
+            flipped,
+            **model.norms(),
+            other_means=other_means,
+            correlation_with_neutral=with_neutral,
+            neutral_abs_mean=neutral_abs_mean,
+        )
 
 
 def diagnose(best: Evaluation | None, threshold: float, mean_threshold: float) -> str:
@@ -180,6 +217,8 @@ class TrainResult:
     losses: list[float]
     converged: bool
     diagnosis: str
+    best_score: float | None = None
+    """What the best checkpoint maximized (``train.best_by``); seeds are ranked by it."""
 
     def report(self, seed: int, input_dim: int) -> dict:
         """Headline scalars of the run: ``metrics/train/seed_<s>.json``."""
@@ -192,6 +231,9 @@ class TrainResult:
             "diagnosis": self.diagnosis,
             "best_step": best.step if best else None,
             "best_correlation": best.correlation if best else None,
+            "best_score": self.best_score,
+            "best_correlation_with_neutral": best.correlation_with_neutral if best else None,
+            "neutral_abs_mean": best.neutral_abs_mean if best else None,
             "mean_by_class": {**best.mean_by_class, **best.other_means} if best else None,
             "final_loss": self.losses[-1],
             "sign_flips": sum(e.flipped for e in self.evaluations),
@@ -210,7 +252,9 @@ def train_gradiend(store: GradientStore, pair: ClassPair, settings, seed: int) -
             reported as their own groups.
         settings: the ``train`` params — ``source``/``target`` (must match the store), AdamW
             ``learning_rate`` and ``weight_decay``, ``gradiend_batch_size`` batch vectors per step
-            (larger: smoother steps, batches used up sooner), ``max_steps``, ``eval_steps``
+            (larger: smoother steps, batches used up sooner), ``best_by`` (the checkpoint
+            choice, §4.5: ``correlation_with_neutral`` prefers weights that keep neutral text
+            near 0 over a marginally higher pair correlation), ``max_steps``, ``eval_steps``
             (smaller: a finer choice of the best checkpoint), ``normalize_sign`` and the
             convergence thresholds.
         seed: initialization and batch order.
@@ -221,7 +265,7 @@ def train_gradiend(store: GradientStore, pair: ClassPair, settings, seed: int) -
             f"models/gradients holds {store.source}/{store.target} vectors but train.source/"
             f"train.target are {source}/{target}; rerun 'dvc repro gradients'."
         )
-    eval_set = EvalSet(store.validation, pair, source)
+    eval_set = EvalSet(store.validation, pair, source, store.validation_neutral)
     n = eval_set.matrix.shape[1]
     model = Gradiend.initialised(n, seed)
     optimizer = torch.optim.AdamW(
@@ -255,11 +299,17 @@ def train_gradiend(store: GradientStore, pair: ClassPair, settings, seed: int) -
             ev = eval_set.evaluate(model, step, normalize, optimizer)
             evaluations.append(ev)
             bar.set_postfix(corr=f"{ev.correlation:+.3f}", loss=f"{loss:.3g}")
-            if abs(ev.correlation) > abs(best.correlation):
+            if ev.score(settings.best_by) > best.score(settings.best_by):
                 best = ev
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     thresholds = (settings.convergence_threshold, settings.convergence_mean_threshold)
     return TrainResult(
-        model, best, evaluations, losses, converged(best, *thresholds), diagnose(best, *thresholds)
+        model,
+        best,
+        evaluations,
+        losses,
+        converged(best, *thresholds),
+        diagnose(best, *thresholds),
+        best.score(settings.best_by),
     )

@@ -62,6 +62,10 @@ def load_rows(folder: Path, name: str) -> RowVectors:
     return RowVectors(matrix, meta["factual_class"], meta["texts"])
 
 
+ROW_PARTS = ("validation", "test", "neutral", "validation_neutral")
+TRAINING_PARTS = ("train", "validation", "validation_neutral")
+
+
 @dataclass(frozen=True)
 class GradientStore:
     """Everything the ``gradients`` stage writes (one folder, DVC-cached)."""
@@ -72,6 +76,8 @@ class GradientStore:
     validation: RowVectors
     test: RowVectors
     neutral: RowVectors
+    validation_neutral: RowVectors | None = None
+    """Neutral sentences encoded during training (label 0), disjoint from ``neutral``."""
 
     def save(self, folder: str | Path) -> None:
         """Write the store atomically: a reader sees the old folder or the complete new one."""
@@ -81,12 +87,15 @@ class GradientStore:
                 tmp / "store.json",
                 {"source": self.source, "target": self.target, "batch_classes": self.train.classes},
             )
-            for name in ("validation", "test", "neutral"):
-                save_rows(tmp, name, getattr(self, name))
+            for name in ROW_PARTS:
+                if getattr(self, name) is not None:
+                    save_rows(tmp, name, getattr(self, name))
 
     @classmethod
-    def load(cls, folder: str | Path, parts: tuple[str, ...] = ("train", "validation")):
-        """Read the store; only the ``parts`` a stage needs are loaded (the rest stay None)."""
+    def load(cls, folder: str | Path, parts: tuple[str, ...] = TRAINING_PARTS):
+        """Read the store; only the ``parts`` a stage needs are loaded (the rest stay None). The
+        default is what training reads: the batches, the validation rows and their neutral
+        sentences."""
         folder = Path(folder)
         meta = read_json(folder / "store.json", "gradient store")
         train = None
@@ -94,7 +103,7 @@ class GradientStore:
             vectors = load_tensors(folder / "train.safetensors", "training batch vectors")
             train = BatchVectors(meta["batch_classes"], vectors)
         rows = {
-            n: load_rows(folder, n) if n in parts else None
-            for n in ("validation", "test", "neutral")
+            n: load_rows(folder, n) if n in parts and (folder / f"{n}.json").exists() else None
+            for n in ROW_PARTS
         }
         return cls(meta["source"], meta["target"], train, **rows)

@@ -41,10 +41,9 @@ def main() -> None:
         "base": base_point,
         "selection": selection,
         "grid_points": len(points),
-        "lms_ratio_threshold": settings.lms_ratio,
         "test_rows": len(rows),
         "lms_texts": len(lms_set.sequences),
-        "lms_text": lms.kind,
+        "lms_text": lms.kind,  # the threshold is the param evaluate_decoder.lms_ratio (60 values)
     }
     write_json(METRICS / "evaluate_decoder.json", metrics)
     table = grid_table(points, base_point, context.pair)

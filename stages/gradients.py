@@ -24,9 +24,22 @@ def main() -> None:
     classes = [*pair.classes, *identity]
     validation = take_balanced(examples, "validation", classes, train.eval_max_per_class)
     test = take_balanced(examples, "test", classes, encoder.max_per_class)
-    neutral = load_neutral(NEUTRAL)[: encoder.neutral_size]
+    texts = load_neutral(NEUTRAL)
+    neutral = texts[: encoder.neutral_size]
+    validation_neutral = texts[
+        encoder.neutral_size : encoder.neutral_size + train.eval_neutral_size
+    ]
     store = compute_store(
-        computer, examples, validation, test, neutral, pair, train, encoder.seed, identity
+        computer,
+        examples,
+        validation,
+        test,
+        neutral,
+        pair,
+        train,
+        encoder.seed,
+        identity,
+        validation_neutral,
     )
     store.save(GRADIENT_STORE)
     LOG.info(

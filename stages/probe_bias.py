@@ -4,6 +4,7 @@ published gender-stereotype labels."""
 import logging
 
 from gradiend_core.base_model import load_base_model, open_base
+from gradiend_core.feature import ClassPair
 from gradiend_core.io import write_csv, write_json
 from gradiend_core.params import load_params
 from gradiend_core.plots import bias_scatter
@@ -23,7 +24,9 @@ def main() -> None:
     out = PLOTS / "probe_bias"
     write_json(METRICS / "probe_bias.json", probe.metrics)
     write_csv(out / "occupations.csv", probe.table)
-    bias_scatter(probe.table, probe.metrics, feature.classes, out / "scatter.png")
+    bias_scatter(
+        probe.table, probe.metrics, ClassPair.of_feature(feature).classes, out / "scatter.png"
+    )
     LOG.info("%s", probe.summary())
 
 

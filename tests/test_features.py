@@ -217,7 +217,7 @@ def test_every_class_gets_rows_and_a_class_outside_the_pair_gets_identity_rows()
         assert got[text] == (masked, "they", "they", "They", "They", "they->they")
     for text in he:
         assert got[text][1:] == ("he", "she", "he", "she", "he->she")
-    # metrics/data.json: rows keyed by class, then split (3 rows: 1 train... by the 60/20/20 cut)
+    # metrics/data.json: rows keyed by class, then split; 3 rows at 60/20/20 give one per split
     one_each = {"train": 1, "validation": 1, "test": 1}
     assert rows_per_class_and_split(corpus.examples) == {c: one_each for c in ("he", "she", "they")}
     assert corpus.summary()["rows"]["they"] == one_each

@@ -60,6 +60,7 @@ def settings(**overrides) -> SimpleNamespace:
         "normalize_sign": True,
         "convergence_threshold": 0.5,
         "convergence_mean_threshold": 0.5,
+        "best_by": "correlation",
     }
     values.update(overrides)
     return SimpleNamespace(**values)
@@ -497,10 +498,13 @@ def test_seed_summary_names_converged_seeds_and_the_choice():
     assert summary["seeds_tried"] == [0, 1, 2]
     assert summary["convergent_seeds"] == [1, 2] and summary["convergent_count"] == 2
     assert summary["best_seed"] == 2 and summary["best_correlation"] == 0.7 and summary["converged"]
-    assert summary["selection_strategy"] == "max validation correlation among convergent seeds"
+    assert (
+        summary["selection_strategy"]
+        == "max validation score (train.best_by) among convergent seeds"
+    )
     none = seed_summary([report(0, False, 0.3), report(1, False, 0.4)])
     assert none["best_seed"] == 1 and none["convergent_count"] == 0 and not none["converged"]
-    assert none["selection_strategy"] == "max validation correlation (no seed converged)"
+    assert none["selection_strategy"] == "max validation score (train.best_by; no seed converged)"
 
 
 def test_seed_summary_aggregates_the_converged_seeds_only():
@@ -556,3 +560,85 @@ def test_eval_set_leaves_identity_rows_out_of_the_correlation_and_reports_their_
     assert ev.row()["mean_they"] == pytest.approx(-enc[4:].mean())
     # Convergence reads the pair: he +0.863, she -0.713 pass although they's |mean| 0.254 < 0.5.
     assert abs(ev.other_means["they"]) < 0.5 and converged(ev, 0.5, 0.5)
+
+
+def test_neutral_sentences_steer_the_checkpoint_towards_specific_weights():
+    """With validation neutral sentences the best checkpoint maximizes the correlation over the
+    pair's rows and the neutral rows (label 0): a later checkpoint with a marginally higher pair
+    correlation but neutral encodings pushed off 0 loses."""
+    gen = torch.Generator().manual_seed(0)
+    n = 40
+    u = torch.randn(n, generator=gen)
+    table, rows = {}, []
+    for cls, sign in (("he", 1.0), ("she", -1.0)):
+        for i in range(8):
+            g_f = sign * u + 0.05 * torch.randn(n, generator=gen)
+            g_a = -g_f + 0.05 * torch.randn(n, generator=gen)
+            table[f"{cls} {i}"] = {"factual": g_f, "alternative": g_a, "diff": g_f - g_a}
+            split = "train" if i < 6 else "validation"
+            rows.append(
+                {
+                    "masked": f"{cls} {i}",
+                    "factual": cls,
+                    "alternative": "x",
+                    "factual_class": cls,
+                    "split": split,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    train, val = frame[frame["split"] == "train"], frame[frame["split"] == "validation"]
+    # Neutral vectors share a little of the feature direction: a growing encoder pushes them off 0.
+    neutral = RowVectors(
+        torch.stack([0.3 * u + torch.randn(n, generator=gen) for _ in range(6)]),
+        ["neutral"] * 6,
+        [f"n{i}" for i in range(6)],
+    )
+    config = settings(
+        learning_rate=0.05, weight_decay=0.0, gradiend_batch_size=1, max_steps=60, eval_steps=5
+    )
+    store = store_for(FakeComputer(table), train, val, config)
+    with_neutral = GradientStore(
+        store.source,
+        store.target,
+        store.train,
+        store.validation,
+        store.test,
+        store.neutral,
+        neutral,
+    )
+    by_pair = train_gradiend(with_neutral, PAIR, config, 0)
+    config_n = settings(
+        learning_rate=0.05,
+        weight_decay=0.0,
+        gradiend_batch_size=1,
+        max_steps=60,
+        eval_steps=5,
+        best_by="correlation_with_neutral",
+    )
+    by_neutral = train_gradiend(with_neutral, PAIR, config_n, 0)
+    evals = by_neutral.evaluations
+    # Same run, same evaluations; only the choice differs. Check each choice by hand.
+    assert [e.row() for e in evals] == [e.row() for e in by_pair.evaluations]
+    first_max = max(range(len(evals)), key=lambda i: (abs(evals[i].correlation), -i))
+    assert by_pair.best is by_pair.evaluations[first_max]
+    scores = [abs(e.correlation_with_neutral) for e in evals]
+    assert by_neutral.best is evals[max(range(len(evals)), key=lambda i: (scores[i], -i))]
+    # The neutral-aware choice keeps neutral text closer to 0 at (almost) the same correlation.
+    assert by_neutral.best.neutral_abs_mean <= by_pair.best.neutral_abs_mean
+    assert by_neutral.best.correlation > 0.9
+    # Every evaluation's with-neutral correlation by hand: Pearson over pair rows + neutral (0).
+    model = by_neutral.model
+    enc = model.encode(torch.cat([with_neutral.validation.matrix, neutral.matrix]))[:, 0].detach()
+    labels = [PAIR.label(c, "alternative") for c in with_neutral.validation.factual_class] + [0] * 6
+    by_hand = np.corrcoef(enc.numpy(), np.array(labels, dtype=float))[0, 1]
+    assert by_neutral.best.correlation_with_neutral == pytest.approx(by_hand, abs=1e-5)
+
+
+def test_seeds_are_ranked_by_the_score_their_checkpoint_maximized():
+    reports = [
+        {"seed": 0, "converged": True, "best_correlation": 0.9999, "best_score": 0.95},
+        {"seed": 1, "converged": True, "best_correlation": 0.9990, "best_score": 0.97},
+    ]
+    assert select_seed(reports)["seed"] == 1  # the score, not the pair correlation, decides
+    old = [{k: v for k, v in r.items() if k != "best_score"} for r in reports]
+    assert select_seed(old)["seed"] == 0  # reports without a score: the correlation

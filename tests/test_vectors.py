@@ -167,3 +167,23 @@ def test_identity_batches_and_rows_are_stored_with_their_class_and_a_zero_diff(
     assert store.neutral.matrix.shape == (0, computer.size)
     labels = EvalSet(store.validation, PAIR, "alternative").labels.tolist()
     assert labels == [-1.0, 1.0, 0.0]  # source alternative negates the pair; identity rows are 0
+
+
+def test_training_reads_the_validation_neutral_sentences_by_default(
+    causal_base, examples, tmp_path
+):
+    rows, neutral = examples
+    computer = GradientComputer(
+        causal_base, full_space(causal_base, first_layer=-1), "clm_next_token", MASK, 32
+    )
+    validation = take_balanced(rows, "validation", CLASSES, 2)
+    store = compute_store(
+        computer, rows, validation, validation, neutral[:1], PAIR, SETTINGS, 7, (), neutral[1:3]
+    )
+    store.save(tmp_path / "gradients")
+    back = GradientStore.load(tmp_path / "gradients")  # what the train stage reads
+    assert back.validation_neutral is not None and back.validation_neutral.texts == neutral[1:3]
+    assert back.test is None and back.neutral is None
+    rng = random.Random(8)  # seeded neutral_seed + 1, apart from the encoder evaluation's rows
+    for i, text in enumerate(neutral[1:3]):
+        assert torch.equal(back.validation_neutral.matrix[i], computer.neutral_vector(text, rng))
