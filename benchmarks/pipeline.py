@@ -8,6 +8,7 @@ empty), then, with this checkout's .venv on PATH and 2 torch threads as params.y
 2. ``dvc exp run -S train.learning_rate=<half>``     -> ``gradiend_only_exp_s``
 3. ``dvc exp run -S train.seeds=[<seeds>, <new>]``   -> ``added_seed_s`` (the new train stage)
 4. ``python -m gradiend_core.comparison --rev HEAD --rev lr-half`` -> results/compare_runs/
+5. ``dvc exp run -S rewrite.direction=balance``     -> results/balance_rewrite.json (its probes)
 
 Stage durations come from the stages' own logs (logs/<stage>.log). The figures are merged into
 benchmarks/results/summary.json; ``first_seed_s`` is the gradients stage plus the first train
@@ -26,6 +27,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from examples.run import collect, record, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "work" / "pipeline"
@@ -68,6 +71,21 @@ def main() -> int:
     seeds = list(params["train"]["seeds"])
     repro_s = run(["dvc", "repro"], WORK)
     stages = stage_seconds(WORK)
+    # The fresh clone's run must reproduce the committed lock (same params + code = same bytes).
+    reproduces = (
+        subprocess.run(["git", "diff", "--quiet", "dvc.lock"], cwd=WORK, check=False).returncode
+        == 0
+    )
+    # The default pipeline is also the documented example 'he_she': record this run as its result.
+    he_she = {
+        "name": "he_she",
+        "command": "bash scripts/example.sh he_she",
+        "model": params["model"]["source"],
+        **collect(WORK),
+        "wall_s": round(repro_s, 1),
+    }
+    record(he_she)
+    write_table()
     trains = train_seconds(WORK)
     exp_s = run(["dvc", "exp", "run", "-n", "lr-half", "-S", f"train.learning_rate={lr}"], WORK)
     more = json.dumps([*seeds, max(seeds) + 1])
@@ -75,6 +93,16 @@ def main() -> int:
     seed_cmd = ["dvc", "exp", "run", "-S", f"train.learning_rate={base_lr}"]
     seed_exp_s = run([*seed_cmd, "-S", f"train.seeds={more}"], WORK)
     added = train_seconds(WORK)[-1]
+    # The debiasing rewrite, one -S away: its behaviour probes, for the README.
+    defaults = ["-S", f"train.seeds={json.dumps(seeds)}", "-S", f"train.learning_rate={base_lr}"]
+    run(["dvc", "exp", "run", "-n", "balance", *defaults, "-S", "rewrite.direction=balance"], WORK)
+    balance = {
+        name: json.loads((WORK / "metrics" / f"{name}.json").read_text(encoding="utf-8"))
+        for name in ("rewrite", "probe_generation", "probe_bias")
+    }
+    (RESULTS / "balance_rewrite.json").write_text(
+        json.dumps(balance, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     # Across runs: the committed run's GRADIENDs (read from this clone's DVC cache) against the
     # half-learning-rate experiment's, with the documented command.
     compare_out = RESULTS / "compare_runs"
@@ -94,6 +122,7 @@ def main() -> int:
     )
     first_seed = stages.get("gradients", 0.0) + trains[0]
     figures = {
+        "default_repro_reproduces_committed_lock": reproduces,
         "default_repro_s": repro_s,
         "gradiend_only_exp_s": exp_s,
         "added_seed_exp_s": seed_exp_s,
