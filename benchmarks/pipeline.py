@@ -2,7 +2,8 @@
 experiment after it, and the cost of one more seed.
 
 A fresh clone of this repository's HEAD is made under benchmarks/work/pipeline (its DVC cache is
-empty, and its committed metrics/ and plots/ are removed so that every stage runs), then, with this checkout's .venv on PATH and 2 torch threads as params.yaml says:
+empty, and its committed metrics/ and plots/ are removed so that every stage runs), then, with
+this checkout's .venv on PATH and 2 torch threads as params.yaml says:
 
 1. ``dvc repro``                                     -> ``default_repro_s``
 2. ``dvc exp run -S train.learning_rate=<half>``     -> ``gradiend_only_exp_s``
