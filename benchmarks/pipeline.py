@@ -72,8 +72,12 @@ def main() -> int:
     seeds = list(params["train"]["seeds"])
     # metrics/ and plots/ are committed (cache: false): left in place, DVC would consider the
     # stages that write only those up to date and skip them. Remove them so every stage runs.
-    for generated in ("metrics", "plots"):
-        shutil.rmtree(WORK / generated, ignore_errors=True)
+    lock = yaml.safe_load((WORK / "dvc.lock").read_text(encoding="utf-8"))
+    for stage in lock["stages"].values():
+        for out in stage.get("outs", []):
+            path = WORK / out["path"]
+            if out["path"].startswith(("metrics/", "plots/")) and path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     repro_s = run(["dvc", "repro"], WORK)
     stages = stage_seconds(WORK)
     # The fresh clone's run must reproduce the committed lock (same params + code = same bytes).

