@@ -30,6 +30,7 @@ from torch import nn
 
 from gradiend_core.base_model import BaseModel, ParamSpace
 from gradiend_core.block_cache import LowerBlockCache, first_edited_block
+from gradiend_core.data import LmsText, lms_text, take_balanced
 from gradiend_core.errors import GradiendError
 from gradiend_core.feature import ClassPair
 from gradiend_core.gradiend import Gradiend, GradiendContext
@@ -260,6 +261,31 @@ def language_modelling_score(
         lms = 1.0 / (1.0 + mean_nll) if math.isfinite(mean_nll) else 0.0
         return {"lms": lms, "mean_nll": mean_nll, "tokens": count}
     return {"lms": total / count, "tokens": count}
+
+
+@dataclass(frozen=True)
+class DecoderInputs:
+    """What every measurement of the decoder grid and the rewrite reads: the probe rows, their
+    tokenized prefixes, and the LMS text (neutral sentences, or the filled test rows, §7.4)."""
+
+    rows: pd.DataFrame
+    probe: ProbeSet
+    lms: LmsText
+    lms_set: LmsSet
+
+
+def decoder_inputs(
+    base: BaseModel, examples: pd.DataFrame, neutral: list[str], feature, settings, max_length: int
+) -> DecoderInputs:
+    """The pair's first ``settings.max_per_class`` test rows per class and the first
+    ``settings.neutral_size`` neutral sentences (``settings``: the ``evaluate_decoder`` params),
+    tokenized once for ``base``."""
+    classes = ClassPair.of_feature(feature).classes
+    rows = take_balanced(examples, "test", classes, settings.max_per_class)
+    probe = build_probe_set(base, rows, classes, feature.targets, feature.mask, max_length)
+    lms = lms_text(neutral[: settings.neutral_size], rows, feature)
+    lms_set = build_lms_set(base, lms.texts, max_length, lms.left_out_words)
+    return DecoderInputs(rows, probe, lms, lms_set)
 
 
 # ---- grid and selection ----------------------------------------------------------------------

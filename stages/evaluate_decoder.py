@@ -3,14 +3,8 @@
 import logging
 
 from gradiend_core.base_model import open_base
-from gradiend_core.data import lms_text, load_examples, load_neutral, take_balanced
-from gradiend_core.decoder_eval import (
-    build_lms_set,
-    build_probe_set,
-    decoder_grid,
-    grid_table,
-    select,
-)
+from gradiend_core.data import load_examples, load_neutral
+from gradiend_core.decoder_eval import decoder_grid, decoder_inputs, grid_table, select
 from gradiend_core.feature import ClassPair
 from gradiend_core.gradiend import load_gradiend
 from gradiend_core.io import write_csv, write_json
@@ -29,12 +23,10 @@ def main() -> None:
     gradiend, space, context = load_gradiend(SELECTED)
     base = open_base(params)
     gradiend.to(base.device)
-    examples = load_examples(EXAMPLES, feature.mask)
+    examples, neutral = load_examples(EXAMPLES, feature.mask), load_neutral(NEUTRAL)
+    inputs = decoder_inputs(base, examples, neutral, feature, settings, max_length)
+    rows, probe, lms, lms_set = inputs.rows, inputs.probe, inputs.lms, inputs.lms_set
     classes = ClassPair.of_feature(feature).classes
-    rows = take_balanced(examples, "test", classes, settings.max_per_class)
-    probe = build_probe_set(base, rows, classes, feature.targets, feature.mask, max_length)
-    lms = lms_text(load_neutral(NEUTRAL)[: settings.neutral_size], rows, feature)
-    lms_set = build_lms_set(base, lms.texts, max_length, lms.left_out_words)
     base_point, points = decoder_grid(base, gradiend, space, probe, lms_set, settings)
     selection = select(points, base_point, context, settings.lms_ratio)
     metrics = {

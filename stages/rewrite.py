@@ -4,9 +4,8 @@ after saving."""
 import logging
 
 from gradiend_core.base_model import open_base
-from gradiend_core.data import lms_text, load_examples, load_neutral, take_balanced
-from gradiend_core.decoder_eval import build_lms_set, build_probe_set
-from gradiend_core.feature import ClassPair
+from gradiend_core.data import load_examples, load_neutral
+from gradiend_core.decoder_eval import decoder_inputs
 from gradiend_core.gradiend import load_gradiend
 from gradiend_core.io import read_json, write_json
 from gradiend_core.params import load_params
@@ -26,12 +25,9 @@ def main() -> None:
     gradiend, space, context = load_gradiend(SELECTED)
     base = open_base(params)
     gradiend.to(base.device)
-    examples = load_examples(EXAMPLES, feature.mask)
-    classes = ClassPair.of_feature(feature).classes
-    rows = take_balanced(examples, "test", classes, decoder.max_per_class)
-    probe = build_probe_set(base, rows, classes, feature.targets, feature.mask, max_length)
-    lms = lms_text(load_neutral(NEUTRAL)[: decoder.neutral_size], rows, feature)
-    lms_set = build_lms_set(base, lms.texts, max_length, lms.left_out_words)
+    examples, neutral = load_examples(EXAMPLES, feature.mask), load_neutral(NEUTRAL)
+    inputs = decoder_inputs(base, examples, neutral, feature, decoder, max_length)
+    probe, lms_set = inputs.probe, inputs.lms_set
     metrics = rewrite_checkpoint(
         base,
         gradiend,
