@@ -63,12 +63,24 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def sync() -> None:
+    """GPU work is asynchronous: wait for it before reading the clock."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_gpu_gb() -> float | None:
+    return torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None
+
+
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -77,7 +89,7 @@ def bench_step(params, base, space: ParamSpace, batch, steps: int) -> dict:
     t = params.train
     kinds = needed_kinds(t.source, t.target)
     computer = open_computer(params, base, space)
-    model = Gradiend.initialised(space.size, 0)
+    model = Gradiend.initialised(space.size, 0).to(base.device)
     optim = torch.optim.AdamW(
         model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, fused=True
     )
@@ -103,11 +115,14 @@ def bench_step(params, base, space: ParamSpace, batch, steps: int) -> dict:
     phases = {"extract": [], "gradiend": []}
 
     def full() -> None:
+        sync()
         a = time.perf_counter()
         vec = computer.vectors(masked, fact, alt, kinds)
+        sync()
         b = time.perf_counter()
         model.closed_form_grads(vec[t.source].unsqueeze(0), vec[t.target].unsqueeze(0))
         optim.step()
+        sync()
         c = time.perf_counter()
         phases["extract"].append(b - a)
         phases["gradiend"].append(c - b)
@@ -160,10 +175,12 @@ def bench_decoder(params, base) -> dict:
     full_grid = SimpleNamespace(**{**vars_of(d), "search": "grid"})
     runs = {}
     for name, settings, reuse in (("before", full_grid, False), ("after", d, True)):
+        sync()
         start = time.perf_counter()
         base_point, points = decoder_grid(
             base, gradiend, space, probe, lms_set, settings, reuse_lower_blocks=reuse
         )
+        sync()
         runs[name] = {
             "seconds": time.perf_counter() - start,
             "points": len(points),
@@ -235,6 +252,7 @@ def main() -> None:
                 "step_s": result["step_s"],
                 "floor_s": result["floor_s"],
                 "peak_rss_gb": peak_rss_gb(),
+                "peak_gpu_gb": peak_gpu_gb(),
             }
         )
         print(
@@ -258,6 +276,7 @@ def main() -> None:
             if s["topk"] >= 1.0 and "all" not in s["theta"]
         ),
         "peak_rss_gb": peak_rss_gb(),
+        "peak_gpu_gb": peak_gpu_gb(),
     }
     # benchmarks.reference and benchmarks.pipeline add their keys to the same file; keep the ones
     # this script does not measure (the reference side-by-side, the pipeline timings) until they
