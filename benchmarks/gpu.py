@@ -1,15 +1,15 @@
 """GPU figures for benchmarks.run, on a machine that cannot hold the real weights.
 
-    python -m benchmarks.gpu prepare            # here: copy what the GPU run needs to benchmarks/work/gpu
-    python -m benchmarks.gpu run --out DIR      # there: random-weight base model, fp32 and bf16 runs
+    python -m benchmarks.gpu prepare        # here: copy what the GPU run needs to a folder
+    python -m benchmarks.gpu run --out DIR  # there: random-weight base model, fp32 and bf16 runs
 
 A lent GPU machine receives at most 64 MiB of files, so the SmolLM2 weights (538 MB) cannot travel.
 ``prepare`` copies the base model's config and tokenizer, the pre-pruned θ, the selected GRADIEND,
 the MLM head and the data tables; ``run`` builds the same architecture with seeded random weights
-(the cost of a step, a grid point or a decoder evaluation does not depend on the weight values; the
-decoder evaluation's *choices* do, so only its timings are reported) and runs ``benchmarks.run`` once
-per dtype with ``runtime.device: cuda``. The results land in ``DIR/gpu_<dtype>.json`` and are
-recorded in benchmarks/results/gpu.json.
+(the cost of a step, a grid point or a decoder evaluation does not depend on the weight values;
+the decoder evaluation's *choices* do, so only its timings are reported) and runs
+``benchmarks.run`` once per dtype with ``runtime.device: cuda``. The results land in
+``DIR/gpu_<dtype>.json`` and are recorded in benchmarks/results/gpu.json.
 """
 
 from __future__ import annotations
@@ -75,9 +75,7 @@ def run(out: Path, steps: int) -> None:
         Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
         results = Path("benchmarks/results/summary.json")
         results.unlink(missing_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "benchmarks.run", "--steps", str(steps)], check=True
-        )
+        subprocess.run([sys.executable, "-m", "benchmarks.run", "--steps", str(steps)], check=True)
         summary = json.loads(results.read_text(encoding="utf-8"))
         summary["scaling"] = json.loads(
             Path("benchmarks/results/scaling.json").read_text(encoding="utf-8")

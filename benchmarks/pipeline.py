@@ -106,7 +106,11 @@ def main() -> int:
     defaults = ["-S", f"train.seeds={json.dumps(seeds)}", "-S", f"train.learning_rate={base_lr}"]
     run(["dvc", "exp", "run", "-n", "balance", *defaults, "-S", "rewrite.direction=balance"], WORK)
     balance = {
-        name: json.loads((WORK / "metrics" / f"{name}.json").read_text(encoding="utf-8"))
+        name: json.loads(
+            (WORK / "metrics" / name / f"{params['feature']['pairs'][0]}.json").read_text(
+                encoding="utf-8"
+            )
+        )
         for name in ("rewrite", "probe_generation", "probe_bias")
     }
     (RESULTS / "balance_rewrite.json").write_text(

@@ -44,7 +44,7 @@ from gradiend_core.io import read_parquet, write_json
 from gradiend_core.params import load_params
 from gradiend_core.pruning import top_k
 from gradiend_core.weight_edit import WeightEditor, update_direction
-from gradiend_core.workspace import EXAMPLES, NEUTRAL, PRE_PRUNE, SELECTED
+from gradiend_core.workspace import EXAMPLES, NEUTRAL, pre_prune_dir, selected_dir
 
 RESULTS = Path("benchmarks/results")
 
@@ -167,7 +167,7 @@ def bench_decoder(params, base) -> dict:
     passes) against today's (lower blocks reused, ascending search); both must choose the same
     points."""
     d, f = params.evaluate_decoder, params.feature
-    gradiend, space, context = load_gradiend(SELECTED)
+    gradiend, space, context = load_gradiend(selected_dir(params.feature.pairs[0]))
     rows = take_balanced(load_examples(EXAMPLES, f.mask), "test", f.classes, d.max_per_class)
     probe = build_probe_set(base, rows, f.classes, f.targets, f.mask, params.gradient.max_length)
     texts = read_parquet(NEUTRAL, ["text"], "neutral")["text"].tolist()[: d.neutral_size]
@@ -225,7 +225,7 @@ def main() -> None:
     params = load_params()
     torch.manual_seed(0)
     base = open_base(params)
-    pruned = ParamSpace.load(PRE_PRUNE)
+    pruned = ParamSpace.load(pre_prune_dir(params.feature.pairs[0]))
     examples = load_examples(EXAMPLES, params.feature.mask)
     train_rows = examples[examples["split"] == "train"]
     batch = fixed_batches(train_rows, params.feature.classes, params.train.batch_size)[0]

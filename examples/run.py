@@ -72,16 +72,29 @@ def collect(clone: Path) -> dict:
     def metric(name: str) -> dict:
         return json.loads((clone / "metrics" / f"{name}.json").read_text(encoding="utf-8"))
 
-    select, encoder, rewrite = metric("select"), metric("evaluate_encoder"), metric("rewrite")
-    return {
+    pairs = yaml.safe_load((clone / "params.yaml").read_text(encoding="utf-8"))["feature"]["pairs"]
+    select, encoder = metric("select"), metric("evaluate_encoder")
+    per_pair = {}
+    for pair in pairs:  # the headline columns are the first pair's (select/encoder files too)
+        rewrite = metric(f"rewrite/{pair}")
+        per_pair[pair] = {
+            "rewrite_before": rewrite.get("target_probability_before"),
+            "rewrite_after": rewrite.get("target_probability_after"),
+            "lms_ratio": rewrite["lms_ratio"],
+        }
+    out = {
         "correlation": encoder["correlation"],
         "neutral_abs_mean": encoder["neutral"]["abs_mean"],
         "converged_seeds": select["convergent_count"],
         "trained_seeds": len(select["seeds_tried"]),
-        "rewrite_before": rewrite.get("target_probability_before"),
-        "rewrite_after": rewrite.get("target_probability_after"),
-        "lms_ratio": rewrite["lms_ratio"],
+        **per_pair[pairs[0]],
     }
+    if len(pairs) > 1:
+        out["pairs"] = {
+            pair: {**encoder["pairs"][pair], **select["pairs"][pair], **per_pair[pair]}
+            for pair in pairs
+        }
+    return out
 
 
 def run_example(name: str) -> dict:

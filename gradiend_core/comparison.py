@@ -25,8 +25,9 @@ feature point the same way), but is dominated by the largest weights and is None
 shared. The *share* of a set per layer (``base_model.layer_of``; 'non_block' outside the blocks)
 or per component (``base_model.component_of``) is the fraction of its coordinates there.
 
-Labels name GRADIENDs: ``seed_0`` for ``models/gradiend/seed_0`` in this workspace,
-``<rev>:seed_0`` across revisions. Across runs (README "Experiments")::
+Labels name GRADIENDs: ``seed_0`` for ``models/gradiend/<pair>/seed_0`` in this workspace
+(``he-she/seed_0`` when ``feature.pairs`` lists several pairs), ``<rev>:he-she/seed_0`` across
+revisions. Across runs (README "Experiments")::
 
     python -m gradiend_core.comparison --rev main --rev <experiment> [--rev workspace]
 

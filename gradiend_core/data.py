@@ -17,6 +17,7 @@ import difflib
 import importlib.util
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +173,8 @@ def read_documents(
         return [doc for f in files for doc in _read_table(root / f, "text", "utf-8", param)]
     if source.startswith("hf:"):
         return _read_hf_text(source[3:], text_column, param)
+    if source.startswith("deb:"):
+        return read_deb(source[4:], encoding, param)
     path = Path(source).expanduser()
     if not path.exists():
         raise GradiendError(
@@ -348,6 +351,115 @@ def _read_hf(spec: str, text_column: str, feature) -> list[str] | pd.DataFrame:
     return [str(t) for t in ds[text_column] if t]
 
 
+# 'deb:<package>[/<glob>]' sources: Debian packages of fortune files (e.g. fortunes-de, natural
+# German), extracted once into DEB_CACHE/<package>/ (relative to the working directory).
+DEB_CACHE = Path("data") / "deb"
+DEB_DEFAULT_GLOB = "usr/share/games/**/*"
+FORTUNE_SEPARATOR = re.compile(r"^%[ \t]*\r?$", re.MULTILINE)
+ATTRIBUTION_STARTS = ("--", "\u2014", "\u2015")  # "-- Author", em dash, horizontal bar
+
+
+def read_deb(
+    spec: str, encoding: str = "utf-8", param: str = "data.sources", cache: Path = DEB_CACHE
+) -> list[str]:
+    """'deb:<package>[/<glob>]': the fortune records of a Debian package's text files.
+
+    The package is read from ``cache/<package>/`` (its files as ``dpkg -x`` lays them out); when
+    that folder is missing it is filled by ``apt-get download <package>`` and ``dpkg -x`` (needs
+    the apt package lists, not root). ``<glob>`` picks files relative to the package root
+    (default ``usr/share/games/**/*``, where fortune packages put their files); symlinks (the
+    ``.u8`` aliases) and ``.dat`` indexes are skipped. Every file is decoded with ``encoding``
+    and read as fortune records (``fortune_records``), one document each.
+    """
+    package, _, pattern = spec.partition("/")
+    root = Path(cache) / package
+    if not root.is_dir():
+        _extract_deb(package, root, param)
+    files = sorted(
+        p
+        for p in root.glob(pattern or DEB_DEFAULT_GLOB)
+        if not p.is_symlink() and p.is_file() and p.suffix != ".dat"
+    )
+    if not files:
+        raise GradiendError(
+            f"params.yaml: '{param}' entry 'deb:{spec}' matches no file under {root}/ (glob"
+            f" {pattern or DEB_DEFAULT_GLOB!r}, relative to the package root); check the glob."
+        )
+    docs: list[str] = []
+    for path in files:
+        try:
+            docs += fortune_records(path.read_text(encoding=encoding))
+        except UnicodeDecodeError:
+            raise _decode_error(path, encoding) from None
+    if not docs:
+        raise _empty_error(root, f"no fortune record in {len(files)} files", param)
+    return docs
+
+
+def fortune_records(text: str) -> list[str]:
+    """A fortune file (records separated by lines holding only ``%``) -> one string per record,
+    its lines stripped and joined with spaces. An attribution line (``-- Author``, or starting
+    with an em dash) ends the record's text: it and what follows it (notes on the source) are
+    dropped; such a line before any text is skipped alone. Empty records are left out."""
+    records = []
+    for record in FORTUNE_SEPARATOR.split(text):
+        kept: list[str] = []
+        for line in record.splitlines():
+            stripped = line.strip()
+            if stripped.startswith(ATTRIBUTION_STARTS):
+                if kept:
+                    break
+                continue
+            if stripped:
+                kept.append(stripped)
+        if kept:
+            records.append(" ".join(kept))
+    return records
+
+
+def _extract_deb(package: str, root: Path, param: str) -> None:
+    """``apt-get download <package>`` into a temporary folder, ``dpkg -x`` into ``root``."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    manual = f"apt-get download {package} && dpkg -x {package}_*.deb {root}"
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise GradiendError(
+            f"params.yaml: '{param}' entry 'deb:{package}' needs {root}/, and apt-get/dpkg are"
+            f" not available here to fill it; on a Debian/Ubuntu machine run '{manual}' and copy"
+            " the folder here, or use another source."
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        got = subprocess.run(
+            ["apt-get", "download", package], cwd=tmp, capture_output=True, text=True
+        )
+        debs = sorted(Path(tmp).glob("*.deb"))
+        if got.returncode != 0 or len(debs) != 1:
+            why = (got.stderr.strip().splitlines() or ["no .deb file"])[-1]
+            raise GradiendError(
+                f"params.yaml: '{param}' entry 'deb:{package}': 'apt-get download {package}'"
+                f" failed ({why}); run 'apt-get update' first, check the package name, or run"
+                f" '{manual}' by hand."
+            )
+        partial = root.with_name(root.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        got = subprocess.run(
+            ["dpkg", "-x", str(debs[0]), str(partial)], capture_output=True, text=True
+        )
+        if got.returncode != 0:
+            raise GradiendError(
+                f"params.yaml: '{param}' entry 'deb:{package}': 'dpkg -x' failed"
+                f" ({got.stderr.strip()[-200:]}); run '{manual}' by hand."
+            )
+        partial.rename(root)
+    ignore = root.parent / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# extracted Debian packages (deb: sources), not versioned\n*\n")
+    LOG.info("extracted %s (%s) into %s", package, debs[0].name, root)
+
+
 def split_sentences(document: str) -> list[str]:
     text = " ".join(document.split())
     return [s.strip() for s in SENTENCE_END.split(text) if s.strip()]
@@ -376,15 +488,20 @@ class Corpus:
     examples: pd.DataFrame
     neutral: pd.DataFrame
     sentences_scanned: int
+    filtered_out: dict[str, int] | None = None  # per filtered class; None without feature.filters
 
     def summary(self) -> dict:
-        """Headline counts for ``metrics/data.json``: rows per class and split, totals."""
-        return {
+        """Headline counts for ``metrics/data.json``: rows per class and split, totals, and with
+        ``feature.filters`` the occurrences each class's filter rejected."""
+        out = {
             "rows": rows_per_class_and_split(self.examples),
             "total_rows": len(self.examples),
             "neutral_rows": len(self.neutral),
             "sentences_scanned": self.sentences_scanned,
         }
+        if self.filtered_out is not None:
+            out["filtered_out"] = self.filtered_out
+        return out
 
 
 def build_dataset(
@@ -427,6 +544,8 @@ def build_dataset(
     rows: dict[str, list[dict]] = {c: [] for c in classes}
     neutral: list[str] = []
     scanned = 0
+    filters = _class_filters(feature)
+    candidates: list[str] = []  # with feature.filters: sentences with a target word, in order
 
     def usable(sentence: str) -> bool:
         """Not seen before, no placeholder in it, within the word bounds (then marked seen)."""
@@ -450,6 +569,9 @@ def build_dataset(
             if not present:
                 if is_neutral(sentence):
                     neutral.append(sentence)
+                continue
+            if filters:
+                candidates.append(sentence)  # its classes depend on the analysed tokens
                 continue
             if len(present) > 1:
                 continue  # words of two classes in one sentence: no single factual class
@@ -476,6 +598,11 @@ def build_dataset(
             has_target = any(p.search(sentence) for p in patterns.values())
             if usable(sentence) and is_neutral(sentence) and not has_target:
                 neutral.append(sentence)
+    filtered_out = None
+    if filters:
+        filtered_out = _add_filtered(
+            rows, candidates, feature, filters, pair, min_left_context_words
+        )
     added = _add_prepared(rows, prepared, pair, mask, min_left_context_words)
     for cls in classes:
         if not rows[cls]:
@@ -516,7 +643,120 @@ def build_dataset(
         examples=examples,
         neutral=pd.DataFrame({"text": pd.Series(picked, dtype=str)}),
         sentences_scanned=scanned,
+        filtered_out=filtered_out,
     )
+
+
+def _class_filters(feature) -> dict[str, list[dict | None]]:
+    """``feature.filters`` as one spec (or None) per target-word position of each filtered class;
+    {} when there are none (plain word matching). A feature object without the key has none."""
+    raw = getattr(feature, "filters", None) or {}
+    out = {
+        cls: list(spec) if isinstance(spec, list) else [spec] * len(feature.targets[cls])
+        for cls, spec in raw.items()
+    }
+    return {cls: specs for cls, specs in out.items() if any(s is not None for s in specs)}
+
+
+def _add_filtered(
+    rows: dict[str, list[dict]],
+    sentences: list[str],
+    feature,
+    filters: dict[str, list[dict | None]],
+    pair: ClassPair,
+    min_left_context_words: int,
+) -> dict[str, int]:
+    """Rows of the sentences with a target word when ``feature.filters`` are on (§1.1); returns
+    the occurrences each filtered class's filter rejected.
+
+    An occurrence of a word belongs to each class that lists it and whose filter accepts its token
+    at one of the word's positions (null accepts every token); the first accepting position gives
+    the alternative. Only the sentences that hold a filtered word and could become a row (some
+    occurrence has ``min_left_context_words`` words before it) are analysed, all in one call. A
+    sentence becomes a row of class C when its accepted occurrences all belong to C alone; only
+    they are masked. A sentence with no accepted occurrence is neither a row nor neutral.
+    """
+    from gradiend_core.linguistic import covering_token, open_analyzer, spec_keys, token_matches
+
+    classes, targets, mask = feature.classes, feature.targets, feature.mask
+    specs = {c: filters.get(c, [None] * len(targets[c])) for c in classes}
+    listed: dict[str, list[tuple[str, list[int]]]] = {}  # word -> (class, positions)
+    for cls in classes:
+        words = [w.lower() for w in targets[cls]]
+        for word in dict.fromkeys(words):
+            at = [i for i, w in enumerate(words) if w == word]
+            listed.setdefault(word, []).append((cls, at))
+    analysed = [
+        w for w, by in listed.items() if any(specs[c][i] is not None for c, at in by for i in at)
+    ]
+    pattern, needs = word_pattern(list(listed)), word_pattern(analysed)
+    found = {s: list(pattern.finditer(s)) for s in sentences}
+    found = {
+        s: hits
+        for s, hits in found.items()
+        if hits and count_words(s[: hits[-1].start()]) >= min_left_context_words
+    }
+    to_parse = [s for s in found if needs.search(s)]
+    start = time.perf_counter()
+    analyzer = open_analyzer(
+        feature.analyzer, spec_keys(x for per in filters.values() for x in per)
+    )
+    tokens = dict(zip(to_parse, analyzer.analyse(to_parse), strict=True)) if to_parse else {}
+    seconds = time.perf_counter() - start
+    rejected = {  # per filtered class and word that its filter reads
+        c: {w.lower(): 0 for w, spec in zip(targets[c], specs[c], strict=True) if spec is not None}
+        for c in filters
+    }
+    for sentence, hits in found.items():
+        accepted = []  # (match, class, position)
+        for hit in hits:
+            word, token = hit.group(0).lower(), None
+            for cls, at in listed[word]:
+                position = None
+                for i in at:
+                    spec = specs[cls][i]
+                    if spec is not None and token is None:
+                        token = covering_token(tokens[sentence], hit.start(), hit.end())
+                    if spec is None or (token is not None and token_matches(token, spec)):
+                        position = i
+                        break
+                if position is None:
+                    rejected[cls][word] += 1
+                else:
+                    accepted.append((hit, cls, position))
+        owners = {cls for _, cls, _ in accepted}
+        if len(owners) != 1:
+            continue  # no accepted occurrence, or occurrences of two classes
+        first, cls, position = accepted[0]
+        if count_words(sentence[: first.start()]) < min_left_context_words:
+            continue
+        masked, at = [], 0
+        for hit, _, _ in accepted:
+            masked += [sentence[at : hit.start()], mask]
+            at = hit.end()
+        other = alternative_class(pair, cls)
+        factual = first.group(0)
+        rows[cls].append(
+            {
+                "masked": "".join([*masked, sentence[at:]]),
+                "text": sentence,
+                "factual_class": cls,
+                "alternative_class": other,
+                "factual": factual,
+                "alternative": alternative_word(targets, pair, cls, factual, position),
+                "transition": f"{cls}->{other}",
+            }
+        )
+    LOG.info(
+        "feature.filters: %s analysed %d of %d sentences with a target word in %.1f s;"
+        " occurrences rejected per class and word: %s",
+        feature.analyzer,
+        len(to_parse),
+        len(sentences),
+        seconds,
+        rejected,
+    )
+    return {c: sum(words.values()) for c, words in rejected.items()}
 
 
 def _add_prepared(
@@ -673,3 +913,45 @@ def lms_text(neutral: list[str], rows: pd.DataFrame, feature) -> LmsText:
     ]
     words = [w for c in feature.classes for w in feature.targets[c]]
     return LmsText(texts, "test_filled", list(dict.fromkeys(w.lower() for w in words)))
+
+
+def for_pair(examples: pd.DataFrame, feature, seed: int) -> pd.DataFrame:
+    """The examples with alternatives for ``feature``'s pair (``ClassPair.of_feature``; §1.1, §1.3).
+
+    data/examples.parquet is written once for the whole feature, with the alternatives of the
+    first pair of ``feature.pairs``. Another pair of a suite re-derives them: a row of one of its
+    classes gets the other class's word at the same position (``alternative_word``), a row of any
+    other class becomes an identity row (alternative = factual), and a prepared row whose token is
+    not in its class's word list draws its alternative from the other class's tokens with
+    ``data.seed`` (§1.7). For the first pair nothing changes, so the frame is returned as is.
+    """
+    pair = ClassPair.of_feature(feature)
+    classes = examples["factual_class"].tolist()
+    wanted = [alternative_class(pair, c) for c in classes]
+    if wanted == examples["alternative_class"].tolist():
+        return examples
+    targets = feature.targets
+    out = examples.copy()
+    alternatives, to_draw = [], []
+    for i, (cls, factual) in enumerate(zip(classes, out["factual"].tolist(), strict=True)):
+        listed = cls in targets and factual.lower() in (w.lower() for w in targets[cls])
+        if cls not in pair or listed:
+            alternatives.append(alternative_word(targets, pair, cls, factual))
+        else:
+            alternatives.append(None)
+            to_draw.append(i)
+    if to_draw:
+        rows = [
+            {"factual_class": classes[i], "factual": out["factual"].iat[i], "alternative": None}
+            for i in to_draw
+        ]
+        factual_by_class = {
+            c: out.loc[out["factual_class"] == c, "factual"].tolist() for c in pair.classes
+        }
+        draw_alternatives(rows, factual_by_class, pair, np.random.default_rng(seed))
+        for i, row in zip(to_draw, rows, strict=True):
+            alternatives[i] = row["alternative"]
+    out["alternative_class"] = wanted
+    out["alternative"] = alternatives
+    out["transition"] = [f"{c}->{w}" for c, w in zip(classes, wanted, strict=True)]
+    return out

@@ -1,7 +1,7 @@
 """The contrasted class pair, the other classes, and every rule that depends on which is which.
 
 A feature has two or more classes (``feature.classes``); a GRADIEND contrasts two of them,
-``A = pair[0]`` and ``B = pair[1]`` (``feature.pair``, by default the first two classes;
+``A = pair[0]`` and ``B = pair[1]`` (each entry ``"a-b"`` of ``feature.pairs`` is one GRADIEND;
 docs/method.md §1.1-§1.3). Every other class can contribute *identity rows* (alternative =
 factual, label 0). Everything that asks "which is the other class?", "what label does this row
 get?" or "which way does the feature factor point?" is answered here, once.
@@ -21,16 +21,22 @@ class ClassPair:
 
     @classmethod
     def of(cls, classes: list[str] | tuple[str, ...]) -> ClassPair:
-        """The pair from a two-element class list (``feature.pair`` or a saved context)."""
+        """The pair from a two-element class list (a saved context, or ``"a-b".split("-")``)."""
         first, second = classes
         return cls(first, second)
 
     @classmethod
     def of_feature(cls, feature) -> ClassPair:
-        """The pair a GRADIEND contrasts: ``feature.pair``, or the first two of
-        ``feature.classes`` when it is null (so a two-class feature needs no ``pair``)."""
-        pair = getattr(feature, "pair", None)
-        return cls.of(pair if pair is not None else feature.classes[:2])
+        """The pair a GRADIEND contrasts: the first of ``feature.pairs`` (``"a-b"``; a pair's
+        stages see a feature whose ``pairs`` is just their own, see ``feature_for_pair``), or the
+        first two of ``feature.classes`` for a feature object without ``pairs``."""
+        pairs = getattr(feature, "pairs", None)
+        return cls.of(pairs[0].split("-") if pairs else feature.classes[:2])
+
+    @property
+    def name(self) -> str:
+        """``"a-b"``: the pair's name in ``feature.pairs``, stage names and output folders."""
+        return f"{self.a}-{self.b}"
 
     def __contains__(self, cls: object) -> bool:
         return cls == self.a or cls == self.b
@@ -123,17 +129,41 @@ def apply_casing(word: str, like: str) -> str:
     return word
 
 
-def alternative_word(targets: dict[str, list[str]], pair: ClassPair, cls: str, word: str) -> str:
+def alternative_word(
+    targets: dict[str, list[str]],
+    pair: ClassPair,
+    cls: str,
+    word: str,
+    position: int | None = None,
+) -> str:
     """The counterfactual of ``word``, a target word of class ``cls`` in any casing (§1.1).
 
     Words pair by position: the alternative of the i-th word of a pair class is the i-th word of
     the other pair class (the loader checks that both lists are equally long), in the casing of
     ``word``. A word listed twice takes its first position, so with ``she: [she, her, her]`` and
-    ``he: [he, him, his]`` the alternative of *her* is *him* and that of *His* is *Her*. With one
-    word per class this is the other class's word, as before N-class features. A class outside
-    the pair is its own alternative (an identity row), so ``word`` itself is returned.
+    ``he: [he, him, his]`` the alternative of *her* is *him* and that of *His* is *Her*, unless
+    ``position`` names the list position the word was matched at (``feature.filters`` tell the two
+    *her* apart: position 2, the possessive, gives *his*). With one word per class this is the
+    other class's word, as before N-class features. A class outside the pair is its own
+    alternative (an identity row), so ``word`` itself is returned.
     """
     if cls not in pair:
         return word
-    words = [w.lower() for w in targets[cls]]
-    return apply_casing(targets[pair.other(cls)][words.index(word.lower())], word)
+    if position is None:
+        position = [w.lower() for w in targets[cls]].index(word.lower())
+    return apply_casing(targets[pair.other(cls)][position], word)
+
+
+def feature_for_pair(feature, name: str):
+    """``feature`` as the stages of pair ``name`` (``"a-b"``) see it: ``pairs`` is ``[name]``, so
+    ``ClassPair.of_feature`` and everything built on it (labels, identity classes, factors) is that
+    pair's. Fields are copied without reading them through the params guard, so a stage that did
+    not declare e.g. ``feature.pairs`` in dvc.yaml still gets its view."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(feature):  # a plain namespace (tests, scripts)
+        from types import SimpleNamespace
+
+        return SimpleNamespace(**{**vars(feature), "pairs": [name]})
+    values = {f.name: object.__getattribute__(feature, f.name) for f in dataclasses.fields(feature)}
+    return type(feature)(**{**values, "pairs": [name]})

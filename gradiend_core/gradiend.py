@@ -1,6 +1,6 @@
 """The GRADIEND encoder-decoder (docs/method.md §4.1-§4.2) and its save/load format.
 
-    h = enc(s) = tanh(W_e s + b_e)        W_e: (d, n), b_e: (d,)      s: a source gradient, (B, n)
+    h = enc(s) = tanh(W_e ŝ + b_e)        W_e: (d, n), b_e: (d,)      s: a source gradient, (B, n)
     y = dec(h) = W_d h + b_d              W_d: (n, d), b_d: (n,)
     loss = mean((y - t)^2)                t: the target gradient, (B, n)
 
@@ -12,6 +12,11 @@ needs no autograd graph over the (B, n) tensors: with R = 2 (y - t) / (B n),
 
 and the gradients are handed to ``torch.optim.AdamW`` (fused). ``tests/test_model.py`` pins this
 against autograd.
+
+ŝ is the encoder's view of the source (§4.1, ``input_normalization``): ``unit`` (the default) is
+s / ‖s‖, the gradient's direction, so the feature value never depends on the gradient's size (which
+varies ~20x between base models and between objectives: a confident prediction has a small loss
+gradient); ``none`` is s itself, the reference's encoder.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from gradiend_core.base_model import ParamSpace
 from gradiend_core.feature import ClassPair
 from gradiend_core.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
 
+# How the encoder reads a source gradient (module docstring): its direction, or the raw vector.
+INPUT_NORMALIZATIONS = ("unit", "none")
+
 
 class Gradiend(nn.Module):
     """One-neuron (``latent_dim`` d = 1 by default) encoder-decoder over gradient vectors of size n.
@@ -36,18 +44,23 @@ class Gradiend(nn.Module):
     export can address them directly.
     """
 
-    def __init__(self, input_dim: int, latent_dim: int = 1):
+    def __init__(self, input_dim: int, latent_dim: int = 1, input_normalization: str = "none"):
         super().__init__()
+        if input_normalization not in INPUT_NORMALIZATIONS:
+            raise ValueError(input_normalization)
         self.input_dim, self.latent_dim = input_dim, latent_dim
+        self.input_normalization = input_normalization
         self.encoder_weight = nn.Parameter(torch.zeros(latent_dim, input_dim))
         self.encoder_bias = nn.Parameter(torch.zeros(latent_dim))
         self.decoder_weight = nn.Parameter(torch.zeros(input_dim, latent_dim))
         self.decoder_bias = nn.Parameter(torch.zeros(input_dim))
 
     @classmethod
-    def initialised(cls, input_dim: int, seed: int, latent_dim: int = 1) -> Gradiend:
+    def initialised(
+        cls, input_dim: int, seed: int, latent_dim: int = 1, input_normalization: str = "none"
+    ) -> Gradiend:
         """Encoder ~ U(±1/√n) (nn.Linear's default); decoder weight, bias ~ U(±max W_e) (§4.1)."""
-        model = cls(input_dim, latent_dim)
+        model = cls(input_dim, latent_dim, input_normalization)
         gen = torch.Generator().manual_seed(seed)
         bound = 1.0 / input_dim**0.5
         with torch.no_grad():
@@ -58,9 +71,17 @@ class Gradiend(nn.Module):
             model.decoder_bias.uniform_(-x, x, generator=gen)
         return model
 
+    def encoder_input(self, source: torch.Tensor) -> torch.Tensor:
+        """ŝ: the source as the encoder reads it (unit length per row for ``unit``; a zero row
+        stays zero)."""
+        if self.input_normalization == "none":
+            return source
+        norm = source.norm(dim=-1, keepdim=True)
+        return source / torch.where(norm > 0, norm, torch.ones_like(norm))
+
     def encode(self, source: torch.Tensor) -> torch.Tensor:
         """(B, n) or (n,) -> (B, d) or (d,)."""
-        return torch.tanh(source @ self.encoder_weight.T + self.encoder_bias)
+        return torch.tanh(self.encoder_input(source) @ self.encoder_weight.T + self.encoder_bias)
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         """(B, d) or (d,) -> (B, n) or (n,)."""
@@ -73,7 +94,8 @@ class Gradiend(nn.Module):
     def closed_form_grads(self, source: torch.Tensor, target: torch.Tensor) -> float:
         """Set ``.grad`` of all four tensors for MSE(dec(enc(source)), target); return the loss."""
         s, t = source.reshape(-1, self.input_dim), target.reshape(-1, self.input_dim)  # (B, n)
-        h = self.encode(s)  # (B, d)
+        s = self.encoder_input(s)  # ŝ: z = W_e ŝ + b_e, so ∂/∂W_e = (∂/∂z)ᵀ ŝ
+        h = torch.tanh(s @ self.encoder_weight.T + self.encoder_bias)  # (B, d)
         residual = self.decode(h) - t  # (B, n)
         loss = float(residual.pow(2).mean())
         residual.mul_(2.0 / residual.numel())  # R
@@ -157,6 +179,7 @@ def save_gradiend(
                     "input_dim": model.input_dim,
                     "latent_dim": model.latent_dim,
                     "activation_encoder": "tanh",
+                    "input_normalization": model.input_normalization,
                     "activation_decoder": "identity",
                     "bias_decoder": True,
                 },
@@ -176,7 +199,7 @@ def load_gradiend(folder: str | Path) -> tuple[Gradiend, ParamSpace, GradiendCon
     folder = Path(folder)
     config = read_json(folder / "config.json", "GRADIEND config")
     arch = config["architecture"]
-    model = Gradiend(arch["input_dim"], arch["latent_dim"])
+    model = Gradiend(arch["input_dim"], arch["latent_dim"], arch.get("input_normalization", "none"))
     model.load_state_dict(load_tensors(folder / "model.safetensors", "GRADIEND weights"))
     context = {
         k: v for k, v in config["context"].items() if k != "feature_class_encoding_direction"

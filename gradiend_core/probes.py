@@ -479,16 +479,18 @@ def bias_probe(
     """
     classes = ClassPair.of_feature(feature).classes
     a, b = classes
-    if base.kind != "causal":
+    if base.kind != "causal" or settings.male_class not in classes:
+        # A masked LM cannot continue a prompt; a pair without the male class (e.g. she-they in
+        # a suite) has no orientation for the man/woman stereotype labels.
         metrics = _not_applicable(base.kind, "bias probe")
+        if base.kind == "causal":
+            metrics["reason"] = (
+                f"The bias probe orients man/woman stereotype labels by probe_bias.male_class "
+                f"{settings.male_class!r}, which is not in the pair {classes}."
+            )
         metrics["stereotype_correlation"] = dict.fromkeys(MODELS)
         table = pd.DataFrame(columns=["occupation", "stereotype", "gap_base", "gap_rewritten"])
         return BiasProbe(metrics, table)
-    if settings.male_class not in classes:
-        raise GradiendError(
-            f"params.yaml: 'probe_bias.male_class' = {settings.male_class!r} is not one of "
-            f"the contrasted pair {classes}; name the class whose words refer to a man."
-        )
     labels = stereotype_labels(settings.occupations, "probe_bias.occupations")
     unknown = [e for e in settings.examples if e not in labels]
     if unknown:

@@ -185,6 +185,8 @@ def post_prune(model: Gradiend, topk: float | int, by: str) -> tuple[Gradiend, t
     weight edited by η·b_d, and the encoder still reading it; shrinking n instead would need a new
     parameter space for the same effect. b_e is kept (it is not per coordinate). ``topk`` is a
     fraction (ceil(f·n)) or a count as in §5.1, ties by the lower position. The input is unchanged.
+    With ``input_normalization: unit`` the encoder still scales each gradient by its full length:
+    the pruned GRADIEND reads the same direction ŝ and ignores the dropped coordinates of it.
     """
     scores = weight_scores(model, by)
     n = scores.numel()

@@ -19,8 +19,14 @@ from gradiend_core.io import atomic_dir, write_json
 from gradiend_core.weight_edit import WeightEditor
 
 
-def selection_for(decoder_metrics: dict, target_class: str, direction: str) -> dict:
-    """The decoder grid's choice for (``target_class``, ``direction``).
+def selection_for(
+    decoder_metrics: dict,
+    target_class: str,
+    direction: str,
+    where: str = "metrics/evaluate_decoder.json",
+) -> dict:
+    """The decoder grid's choice for (``target_class``, ``direction``) from ``decoder_metrics``
+    (read from ``where``, which errors name).
 
     ``strengthen`` reads the key ``<target_class>``, ``weaken`` ``<target_class>_weaken`` and
     ``balance`` the key ``balance``, which ignores ``target_class`` (balancing concerns both
@@ -30,15 +36,24 @@ def selection_for(decoder_metrics: dict, target_class: str, direction: str) -> d
         chosen = decoder_metrics.get("selection", {}).get("balance")
         if chosen is None:
             raise GradiendError(
-                "metrics/evaluate_decoder.json: the decoder grid has no 'balance' choice (written "
-                "by an older version, or an empty grid); rerun 'dvc repro evaluate_decoder'."
+                f"{where}: the decoder grid has no 'balance' choice (written by an older version,"
+                " or an empty grid); rerun 'dvc repro evaluate_decoder'."
             )
         return chosen
     key = target_class if direction == "strengthen" else f"{target_class}_weaken"
     chosen = decoder_metrics.get("selection", {}).get(key)
     if chosen is None:
         raise GradiendError(
-            f"metrics/evaluate_decoder.json: the decoder grid has no point to {direction} "
+            f"{where}: the decoder grid has no point to {direction} {target_class!r} (empty grid"
+            " for that feature factor); include both +1 and -1 in"
+            " evaluate_decoder.feature_factors and rerun dvc repro."
+        )
+    return chosen
+    key = target_class if direction == "strengthen" else f"{target_class}_weaken"
+    chosen = decoder_metrics.get("selection", {}).get(key)
+    if chosen is None:
+        raise GradiendError(
+            f"metrics/evaluate_decoder/<pair>.json: the decoder grid has no point to {direction} "
             f"{target_class!r} (empty grid for that feature factor); include both +1 and -1 in "
             "evaluate_decoder.feature_factors and rerun dvc repro."
         )

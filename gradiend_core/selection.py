@@ -124,3 +124,32 @@ def save_selected(source: str | Path, out: str | Path, settings) -> dict | None:
     }
     save_gradiend(out, pruned, space, context, {**extra, "post_prune.json": record})
     return record
+
+
+# Figures of each pair that a suite's metrics file repeats under ``pairs`` (a metrics file stays a
+# short, readable summary; the full record of every pair is in its own stage outputs).
+SUITE_KEYS = {
+    "select": ("best_seed", "best_correlation", "converged", "convergent_count", "trained_count"),
+    "evaluate_encoder": ("correlation", "accuracy", "neutral_abs_mean"),
+}
+
+
+def suite_metrics(per_pair: dict[str, dict], kind: str = "select") -> dict:
+    """One metrics file over every pair of ``feature.pairs``: the first pair's full record at the
+    top level (so a one-pair feature's file is exactly that pair's), plus, for a suite of several
+    pairs, ``pairs.<name>`` with each pair's headline figures (``SUITE_KEYS``)."""
+    names = list(per_pair)
+    out = dict(per_pair[names[0]])
+    if len(names) > 1:
+        out["pairs"] = {
+            name: {key: _flat(record, key) for key in SUITE_KEYS[kind]}
+            for name, record in per_pair.items()
+        }
+    return out
+
+
+def _flat(record: dict, key: str):
+    """``neutral_abs_mean`` reads ``record["neutral"]["abs_mean"]``; other keys read directly."""
+    if key == "neutral_abs_mean":
+        return (record.get("neutral") or {}).get("abs_mean")
+    return record.get(key)

@@ -267,7 +267,7 @@ def train_gradiend(store: GradientStore, pair: ClassPair, settings, seed: int) -
         )
     eval_set = EvalSet(store.validation, pair, source, store.validation_neutral)
     n = eval_set.matrix.shape[1]
-    model = Gradiend.initialised(n, seed)
+    model = Gradiend.initialised(n, seed, input_normalization=settings.input_normalization)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=settings.learning_rate,

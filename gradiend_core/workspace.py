@@ -2,6 +2,11 @@
 
 The paths here are the ones ``dvc.yaml`` declares; ``tests/test_dvc_pipeline.py`` checks that each
 stage reads only its declared deps and params and writes exactly its declared outputs.
+
+Stages shared by the whole feature (base_model, data, mlm_head) write one artifact each. Stages
+that belong to one contrasted pair (``feature.pairs``, e.g. ``he-she``) write under the pair's name
+inside their stage's folder — ``models/pre_prune/he-she``, ``metrics/evaluate_decoder/he-she.json``
+— and the suite-wide stages (select, evaluate_encoder, compare) write one file over every pair.
 """
 
 from __future__ import annotations
@@ -21,9 +26,35 @@ METRICS = Path("metrics")
 PLOTS = Path("plots")
 
 
-def gradiend_dir(seed: int) -> Path:
-    return GRADIENDS / f"seed_{seed}"
+def pre_prune_dir(pair: str) -> Path:
+    return PRE_PRUNE / pair
 
 
-def train_metrics(seed: int) -> Path:
-    return METRICS / "train" / f"seed_{seed}.json"
+def gradient_store(pair: str) -> Path:
+    return GRADIENT_STORE / pair
+
+
+def gradiend_dir(pair: str, seed: int) -> Path:
+    return GRADIENDS / pair / f"seed_{seed}"
+
+
+def train_metrics(pair: str, seed: int) -> Path:
+    return METRICS / "train" / pair / f"seed_{seed}.json"
+
+
+def selected_dir(pair: str) -> Path:
+    return SELECTED / pair
+
+
+def rewritten_dir(pair: str) -> Path:
+    return REWRITTEN / pair
+
+
+def pair_metrics(stage: str, pair: str) -> Path:
+    """``metrics/<stage>/<pair>.json`` of a per-pair stage."""
+    return METRICS / stage / f"{pair}.json"
+
+
+def pair_plots(stage: str, pair: str) -> Path:
+    """``plots/<stage>/<pair>/``: the per-pair stage's plot folder."""
+    return PLOTS / stage / pair

@@ -1,4 +1,5 @@
-"""Stage compare: every pair of trained GRADIENDs (train.seeds) by their top-k base weights."""
+"""Stage compare: every two trained GRADIENDs (each pair of feature.pairs x train.seeds) by their
+top-k base weights."""
 
 import logging
 
@@ -13,11 +14,17 @@ LOG = logging.getLogger("stages.compare")
 
 def main() -> None:
     params = load_params()
-    settings, seeds = params.compare, params.train.seeds
-    folders = {gradiend_dir(s).name: gradiend_dir(s) for s in seeds}
+    settings, seeds, pairs = params.compare, params.train.seeds, params.feature.pairs
+
+    def label(pair: str, seed: int) -> str:
+        """``seed_0`` for a one-pair feature, ``he-she/seed_0`` in a suite."""
+        return f"seed_{seed}" if len(pairs) == 1 else f"{pair}/seed_{seed}"
+
+    runs = [(p, s) for p in pairs for s in seeds]
+    folders = {label(p, s): gradiend_dir(p, s) for p, s in runs}
     reports = {
-        gradiend_dir(s).name: read_json(train_metrics(s), f"training metrics of seed {s}")
-        for s in seeds
+        label(p, s): read_json(train_metrics(p, s), f"training metrics of {p} seed {s}")
+        for p, s in runs
     }
     result = compare_gradiends(load_gradiends(folders), settings.topk, settings.part, reports)
     write_comparison(result, PLOTS / "compare", METRICS / "compare.json")

@@ -1,26 +1,29 @@
-"""Stage evaluate_decoder: grid of feature factor x learning rate, LMS-constrained selection."""
+"""Stage evaluate_decoder@<pair>: grid of feature factor x learning rate, LMS-constrained selection,
+for one pair's selected GRADIEND."""
 
 import logging
 
 from gradiend_core.base_model import open_base
 from gradiend_core.data import load_examples, load_neutral
 from gradiend_core.decoder_eval import decoder_grid, decoder_inputs, grid_table, select
-from gradiend_core.feature import ClassPair
+from gradiend_core.feature import ClassPair, feature_for_pair
 from gradiend_core.gradiend import load_gradiend
 from gradiend_core.io import write_csv, write_json
 from gradiend_core.params import load_params
 from gradiend_core.plots import decoder_heatmap, probability_shift
 from gradiend_core.runtime import run_stage
-from gradiend_core.workspace import EXAMPLES, METRICS, NEUTRAL, PLOTS, SELECTED
+from gradiend_core.workspace import EXAMPLES, NEUTRAL, pair_metrics, pair_plots, selected_dir
+from stages import stage_args
 
 LOG = logging.getLogger("stages.evaluate_decoder")
 
 
 def main() -> None:
+    name = stage_args(__doc__).pair
     params = load_params()
-    settings, feature = params.evaluate_decoder, params.feature
+    settings, feature = params.evaluate_decoder, feature_for_pair(params.feature, name)
     max_length = params.gradient.max_length
-    gradiend, space, context = load_gradiend(SELECTED)
+    gradiend, space, context = load_gradiend(selected_dir(name))
     base = open_base(params)
     gradiend.to(base.device)
     examples, neutral = load_examples(EXAMPLES, feature.mask), load_neutral(NEUTRAL)
@@ -37,9 +40,9 @@ def main() -> None:
         "lms_texts": len(lms_set.sequences),
         "lms_text": lms.kind,  # the threshold is the param evaluate_decoder.lms_ratio (60 values)
     }
-    write_json(METRICS / "evaluate_decoder.json", metrics)
+    write_json(pair_metrics("evaluate_decoder", name), metrics)
     table = grid_table(points, base_point, context.pair)
-    out = PLOTS / "evaluate_decoder"
+    out = pair_plots("evaluate_decoder", name)
     write_csv(out / "grid.csv", table)
     decoder_heatmap(table, classes, out / "heatmap.png")
     probability_shift(table, base_point, classes, selection, out / "probability_shift.png")

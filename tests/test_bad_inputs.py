@@ -48,11 +48,25 @@ class Case:
 CASES: dict[str, Case] = {}
 
 
+# Stages that belong to one pair of feature.pairs take ``--pair``; the tiny repository has one.
+PER_PAIR = {
+    f"stages.{s}"
+    for s in ("pre_prune", "gradients", "train", "evaluate_decoder", "rewrite", "probe_generation")
+} | {"stages.probe_bias"}
+PAIR = ("--pair", "he-she")
+
+
+def with_pair(module: str, args: tuple[str, ...]) -> tuple[str, ...]:
+    return (*PAIR, *args) if module in PER_PAIR else args
+
+
 def bad_input(module: str, *args: str, names: list[str], env: dict[str, str] | None = None):
     """Register the decorated function as the preparation of a case whose ``module`` must fail."""
 
     def register(prepare: Callable[[Path], None]) -> Callable[[Path], None]:
-        CASES[prepare.__name__] = Case(prepare, module, args, tuple(names), env or {})
+        CASES[prepare.__name__] = Case(
+            prepare, module, with_pair(module, args), tuple(names), env or {}
+        )
         return prepare
 
     return register
@@ -74,7 +88,7 @@ def change_params(repo: Path, changes: dict) -> None:
 
 
 def run_ok(repo: Path, module: str, *args: str) -> None:
-    result = run_module(module, *args, cwd=repo)
+    result = run_module(module, *with_pair(module, args), cwd=repo)
     assert result.returncode == 0, result.stderr[-4000:]
 
 
@@ -198,10 +212,10 @@ def corrupt_parquet(repo: Path) -> None:
     "stages.train",
     "--seed",
     "0",
-    names=["models/pre_prune/kept_indices.safetensors", "safetensors", "corrupt"],
+    names=["models/pre_prune/he-she/kept_indices.safetensors", "safetensors", "corrupt"],
 )
 def corrupt_safetensors(repo: Path) -> None:
-    (repo / "models/pre_prune/kept_indices.safetensors").write_bytes(b"\xff" * 64)
+    (repo / "models/pre_prune/he-she/kept_indices.safetensors").write_bytes(b"\xff" * 64)
 
 
 @bad_input("stages.pre_prune", names=["pre_prune example 0", "nan", "for example"])
@@ -215,14 +229,16 @@ def nan_in_the_gradient(repo: Path) -> None:
     save_file(weights, weights_file, metadata={"format": "pt"})
 
 
-@bad_input("stages.select", names=["train.seeds", "models/gradiend/seed_7", "train@7"])
+@bad_input(
+    "stages.select", names=["train.seeds", "models/gradiend/he-she/seed_7", "train@he-she-7"]
+)
 def seed_in_train_seeds_without_training_output(repo: Path) -> None:
     change_params(repo, {"train": {"seeds": [*read_params(repo)["train"]["seeds"], 7]}})
 
 
 @bad_input(
     "stages.rewrite",
-    names=["metrics/evaluate_decoder.json", "evaluate_decoder.feature_factors", "'she'"],
+    names=["metrics/evaluate_decoder/he-she.json", "evaluate_decoder.feature_factors", "'she'"],
 )
 def rewrite_direction_missing_from_the_decoder_grid(repo: Path) -> None:
     """Only f = +1 in the grid; strengthening 'she' needs f = -1 (source 'alternative'), so the grid
@@ -236,7 +252,8 @@ def rewrite_direction_missing_from_the_decoder_grid(repo: Path) -> None:
     )
     run_ok(repo, "stages.evaluate_decoder")
     assert (
-        json.loads((repo / "metrics/evaluate_decoder.json").read_text())["selection"]["she"] is None
+        json.loads((repo / "metrics/evaluate_decoder/he-she.json").read_text())["selection"]["she"]
+        is None
     )
 
 

@@ -654,7 +654,7 @@ def test_raw_text_and_a_prepared_table_combine_per_class(tmp_path):
     raw = tmp_path / "raw.txt"
     raw.write_text("\n".join([*numbered("Clerk {} said he ran.", 3), "It rained."]), "utf-8")
     raw_she = numbered("Clerk {} said she ran.", 3)
-    feature = SimpleNamespace(**HE_SHE, pair=None, mask="[MASK]")
+    feature = SimpleNamespace(**HE_SHE, pairs=None, mask="[MASK]")
     settings = SimpleNamespace(sources=[str(raw), str(path)], text_column="text", encoding="utf-8")
     sources = read_sources(settings, feature)
     assert len(sources.documents) == 4 and len(sources.prepared) == 2

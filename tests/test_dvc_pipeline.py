@@ -39,16 +39,17 @@ from pipeline_support import (
     write_params,
 )
 
+P = "he-she"  # the one pair of the default feature (feature.pairs)
 METRIC_FILES = [
     "metrics/data.json",
     "metrics/mlm_head.json",
-    "metrics/pre_prune.json",
+    f"metrics/pre_prune/{P}.json",
     "metrics/select.json",
     "metrics/evaluate_encoder.json",
-    "metrics/evaluate_decoder.json",
-    "metrics/rewrite.json",
-    "metrics/probe_generation.json",
-    "metrics/probe_bias.json",
+    f"metrics/evaluate_decoder/{P}.json",
+    f"metrics/rewrite/{P}.json",
+    f"metrics/probe_generation/{P}.json",
+    f"metrics/probe_bias/{P}.json",
     "metrics/compare.json",
 ]
 
@@ -82,15 +83,15 @@ def test_every_stage_ran_and_the_lock_has_exactly_those_stages(repo):
         "base_model",
         "data",
         "mlm_head",
-        "pre_prune",
-        "gradients",
-        *[f"train@{s}" for s in seeds],
+        f"pre_prune@{P}",
+        f"gradients@{P}",
+        *[f"train@{P}-{s}" for s in seeds],
         "select",
         "evaluate_encoder",
-        "evaluate_decoder",
-        "rewrite",
-        "probe_generation",
-        "probe_bias",
+        f"evaluate_decoder@{P}",
+        f"rewrite@{P}",
+        f"probe_generation@{P}",
+        f"probe_bias@{P}",
         "compare",
     ]
     assert sorted(names) == sorted(expected)
@@ -118,7 +119,7 @@ def test_metrics_show_lists_every_stage_metric(repo):
     (workspace,) = shown.values()
     files = workspace["data"]
     seeds = read_params(repo)["train"]["seeds"]
-    for path in [*METRIC_FILES, *[f"metrics/train/seed_{s}.json" for s in seeds]]:
+    for path in [*METRIC_FILES, *[f"metrics/train/{P}/seed_{s}.json" for s in seeds]]:
         assert path in files, f"{path} missing from dvc metrics show: {sorted(files)}"
         assert files[path].get("data"), f"{path} has no values ({files[path]})"
 
@@ -126,7 +127,7 @@ def test_metrics_show_lists_every_stage_metric(repo):
 def test_encoder_and_rewrite_metrics_have_their_headline_values(repo):
     encoder = json.loads((repo / "metrics/evaluate_encoder.json").read_text())
     assert isinstance(encoder["correlation"], float) and -1.0 <= encoder["correlation"] <= 1.0
-    rewrite = json.loads((repo / "metrics/rewrite.json").read_text())
+    rewrite = json.loads((repo / f"metrics/rewrite/{P}.json").read_text())
     for key in ("lms_ratio", "target_probability_before", "target_probability_after"):
         assert isinstance(rewrite[key], float), key
     assert (
@@ -139,15 +140,15 @@ def test_encoder_and_rewrite_metrics_have_their_headline_values(repo):
 
 def test_probe_metrics_have_the_names_outside_scripts_read(repo):
     classes = read_params(repo)["feature"]["classes"]
-    generation = json.loads((repo / "metrics/probe_generation.json").read_text())
+    generation = json.loads((repo / f"metrics/probe_generation/{P}.json").read_text())
     assert generation["applicable"] is True
     for model in ("base", "rewritten"):
         for cls in classes:
             assert 0.0 <= generation["rates"][model][cls] <= 1.0, (model, cls)
-    bias = json.loads((repo / "metrics/probe_bias.json").read_text())
+    bias = json.loads((repo / f"metrics/probe_bias/{P}.json").read_text())
     for model in ("base", "rewritten"):
         assert -1.0 <= bias["stereotype_correlation"][model] <= 1.0, model
-    assert (repo / "plots/probe_generation/samples.md").read_text().startswith("# Generation")
+    assert (repo / f"plots/probe_generation/{P}/samples.md").read_text().startswith("# Generation")
 
 
 def test_balance_rewrite_reads_the_balance_choice_and_the_probes_follow(repo, tmp_path):
@@ -158,10 +159,10 @@ def test_balance_rewrite_reads_the_balance_choice_and_the_probes_follow(repo, tm
     params["rewrite"] = {"target_class": "she", "direction": "balance"}
     write_params(work, params)
     for module in ("stages.rewrite", "stages.probe_generation", "stages.probe_bias"):
-        result = run_module(module, cwd=work)
+        result = run_module(module, "--pair", P, cwd=work)
         assert result.returncode == 0, f"{module}:\n{result.stderr[-3000:]}"
-    chosen = json.loads((work / "metrics/evaluate_decoder.json").read_text())["selection"]
-    rewrite = json.loads((work / "metrics/rewrite.json").read_text())
+    chosen = json.loads((work / f"metrics/evaluate_decoder/{P}.json").read_text())["selection"]
+    rewrite = json.loads((work / f"metrics/rewrite/{P}.json").read_text())
     assert rewrite["direction"] == "balance" and rewrite["target_class"] is None
     assert rewrite["target_probability_before"] is None
     assert (rewrite["feature_factor"], rewrite["learning_rate"]) == (
@@ -171,8 +172,8 @@ def test_balance_rewrite_reads_the_balance_choice_and_the_probes_follow(repo, tm
     assert rewrite["moved_in_requested_direction"] == (
         rewrite["balance_gap_after"] < rewrite["balance_gap_before"]
     )
-    assert "**balance** the classes" in (work / "models/rewritten/README.md").read_text()
-    bias = json.loads((work / "metrics/probe_bias.json").read_text())
+    assert "**balance** the classes" in (work / f"models/rewritten/{P}/README.md").read_text()
+    bias = json.loads((work / f"metrics/probe_bias/{P}.json").read_text())
     assert bias["applicable"] is True
 
 
@@ -180,10 +181,10 @@ def test_rewritten_model_loads_with_transformers_and_differs_only_on_the_paramet
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    rewritten = AutoModelForCausalLM.from_pretrained(repo / "models/rewritten")
-    tokenizer = AutoTokenizer.from_pretrained(repo / "models/rewritten")
+    rewritten = AutoModelForCausalLM.from_pretrained(repo / "models/rewritten" / P)
+    tokenizer = AutoTokenizer.from_pretrained(repo / "models/rewritten" / P)
     base = AutoModelForCausalLM.from_pretrained(repo / "models/base")
-    space = set(json.loads((repo / "models/selected/param_space.json").read_text())["names"])
+    space = set(json.loads((repo / f"models/selected/{P}/param_space.json").read_text())["names"])
     ids = tokenizer("my brother said that", return_tensors="pt")["input_ids"]
     assert rewritten(input_ids=ids).logits.shape[-1] == len(tokenizer)
     new, old = dict(rewritten.named_parameters()), dict(base.named_parameters())
@@ -191,7 +192,7 @@ def test_rewritten_model_loads_with_transformers_and_differs_only_on_the_paramet
     changed = {name for name in new if not torch.equal(new[name], old[name])}
     assert changed, "the rewrite changed no weight"
     assert changed <= space, (
-        f"weights outside models/selected/param_space.json changed: {sorted(changed - space)}"
+        f"weights outside models/selected/{P}/param_space.json changed: {sorted(changed - space)}"
     )
 
 
@@ -206,7 +207,7 @@ def test_compare_stage_names_every_pair_of_seeds_and_real_weights(repo):
         for b in labels:
             assert 0.0 <= metrics["overlap"][a][b] <= 1.0
             assert metrics["overlap"][a][b] == metrics["overlap"][b][a]
-    space = json.loads((repo / "models/gradiend/seed_0/param_space.json").read_text())
+    space = json.loads((repo / f"models/gradiend/{P}/seed_0/param_space.json").read_text())
     shapes = dict(zip(space["names"], space["shapes"], strict=True))
     topk = pd.read_csv(repo / "plots/compare/topk/seed_0.csv")
     assert set(topk["part"]) == {"decoder", "encoder", "product"}
@@ -227,20 +228,48 @@ def experiment(repo, tmp_path_factory) -> tuple[Path, str]:
     return exp, dvc(exp, "exp", "run", "-S", "train.learning_rate=0.02").stdout
 
 
+def test_adding_a_pair_runs_only_that_pairs_stages_and_the_suite_wide_ones(repo, tmp_path):
+    """feature.pairs [he-she] -> [he-she, she-he]: the new pair's stages run, he-she's stay cached
+    (the data stage reruns but writes the same rows), and the suite-wide stages cover both."""
+    work = copy_repo(repo, tmp_path / "suite")
+    params = read_params(work)
+    params["feature"]["pairs"] = [P, "she-he"]
+    write_params(work, params)
+    seeds = params["train"]["seeds"]
+    out = dvc(work, "repro").stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    new = {f"{s}@she-he" for s in ("pre_prune", "gradients", "evaluate_decoder", "rewrite")}
+    new |= {f"train@she-he-{s}" for s in seeds} | {"select", "evaluate_encoder", "compare"}
+    assert new <= ran, out
+    assert not {r for r in ran if P in r}, f"stages of {P} reran: {sorted(ran)}"
+    select = json.loads((work / "metrics/select.json").read_text())
+    encoder = json.loads((work / "metrics/evaluate_encoder.json").read_text())
+    assert set(select["pairs"]) == set(encoder["pairs"]) == {P, "she-he"}
+    # The reversed pair encodes she to +1 and he to -1 (its own GRADIENDs, its own labels).
+    reversed_means = json.loads((work / "metrics/train/she-he/seed_0.json").read_text())
+    assert reversed_means["mean_by_class"]["she"] > 0 > reversed_means["mean_by_class"]["he"]
+    overlap = json.loads((work / "metrics/compare.json").read_text())["overlap"]
+    assert sorted(overlap) == sorted(f"{p}/seed_{s}" for p in (P, "she-he") for s in seeds)
+    rewrite = json.loads((work / "metrics/rewrite/she-he.json").read_text())
+    assert rewrite["target_class"] == "he"  # rewrite.target_class is in this pair too
+    assert json.loads(dvc(work, "status", "--json").stdout) == {}
+
+
 def test_exp_run_with_a_new_learning_rate_reruns_training_and_changes_train_metrics(experiment):
     exp, out = experiment
     seeds = read_params(exp)["train"]["seeds"]
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    assert {f"train@{s}" for s in seeds} <= ran, out
+    assert {f"train@{P}-{s}" for s in seeds} <= ran, out
     assert not ran & {
         "base_model",
         "data",
         "mlm_head",
-        "pre_prune",
+        f"pre_prune@{P}",
+        f"gradients@{P}",
     }, f"upstream stages reran: {ran}"
     stages = lock(exp)["stages"]
     for s in seeds:
-        assert stages[f"train@{s}"]["params"]["params.yaml"]["train.learning_rate"] == 0.02
+        assert stages[f"train@{P}-{s}"]["params"]["params.yaml"]["train.learning_rate"] == 0.02
     diff = json.loads(dvc(exp, "metrics", "diff", "--json").stdout)
     assert any(path.startswith("metrics/train/") for path in diff), (
         f"no train metric changed: {diff}"
@@ -262,7 +291,7 @@ def test_comparing_runs_reads_each_revisions_gradiends_from_the_dvc_cache(experi
     assert result.returncode == 0, result.stderr[-3000:]
     seeds = read_params(work)["train"]["seeds"]
     metrics = json.loads((out / "compare.json").read_text())
-    labels = [f"{rev}:seed_{s}" for rev in ("HEAD", name) for s in seeds]
+    labels = [f"{rev}:{P}/seed_{s}" for rev in ("HEAD", name) for s in seeds]
     assert sorted(metrics["overlap"]) == sorted(labels)
     committed = json.loads(
         run_shell("git show HEAD:metrics/compare.json", work).stdout
@@ -271,14 +300,14 @@ def test_comparing_runs_reads_each_revisions_gradiends_from_the_dvc_cache(experi
     for a in seeds:
         for b in seeds:
             overlap = committed["overlap"][f"seed_{a}"][f"seed_{b}"]
-            assert metrics["overlap"][f"HEAD:seed_{a}"][f"HEAD:seed_{b}"] == overlap
+            assert metrics["overlap"][f"HEAD:{P}/seed_{a}"][f"HEAD:{P}/seed_{b}"] == overlap
             overlap = applied["overlap"][f"seed_{a}"][f"seed_{b}"]
-            assert metrics["overlap"][f"{name}:seed_{a}"][f"{name}:seed_{b}"] == overlap
+            assert metrics["overlap"][f"{name}:{P}/seed_{a}"][f"{name}:{P}/seed_{b}"] == overlap
     pairs = pd.read_csv(out / "overlap.csv").set_index("pair")
-    across = pairs.loc[f"HEAD:seed_0 ~ {name}:seed_0"]
+    across = pairs.loc[f"HEAD:{P}/seed_0 ~ {name}:{P}/seed_0"]
     assert across["cosine"] < 1.0  # another learning rate: other weights, read from the cache
     assert (out / "overlap.png").stat().st_size > 0
-    assert (out / "topk" / f"{name}@seed_0.csv").exists()
+    assert (out / "topk" / f"{name}@{P}" / "seed_0.csv").exists()
     bad = run_module("gradiend_core.comparison", "--rev", "no-such-rev", cwd=work)
     assert bad.returncode == 2 and "unknown Git revision" in error_line(bad.stderr)
 
@@ -457,9 +486,15 @@ def test_a_stage_interrupted_while_writing_leaves_no_partial_output_and_repro_re
     params = read_params(work)
     params["train"]["max_steps"] = 4  # new params: no run-cache entry, so the stage really runs
     write_params(work, params)
-    proc = start_dvc(work, "repro", "train@0")
+    proc = start_dvc(work, "repro", f"train@{P}-0")
     interrupt_during_a_write(
-        proc, [work / "models/gradiend", work / "plots/train/seed_0", work / "metrics/train"], sig
+        proc,
+        [
+            work / "models/gradiend" / P,
+            work / f"plots/train/{P}/seed_0",
+            work / "metrics/train" / P,
+        ],
+        sig,
     )
     leftovers = temp_leftovers(work)
     if sig == signal.SIGINT:
@@ -470,16 +505,16 @@ def test_a_stage_interrupted_while_writing_leaves_no_partial_output_and_repro_re
         if not any(p == t or p.startswith(t + "/") for t in leftovers)
     }
 
-    out = dvc(work, "repro", "train@0").stdout
-    assert "Running stage 'train@0'" in out, out
-    assert json.loads(dvc(work, "status", "--json", "train@0").stdout) == {}
+    out = dvc(work, "repro", f"train@{P}-0").stdout
+    assert f"Running stage 'train@{P}-0'" in out, out
+    assert json.loads(dvc(work, "status", "--json", f"train@{P}-0").stdout) == {}
     assert temp_leftovers(work) == [], "the rerun must delete the temporaries of the killed run"
     final = file_hashes(work)
     partial = sorted(p for p, h in after_kill.items() if final.get(p) != h)
     assert not partial, (
         f"files at output paths after the interruption are not the complete outputs: {partial}"
     )
-    assert json.loads((work / "metrics/train/seed_0.json").read_text())["steps"] == 4
+    assert json.loads((work / f"metrics/train/{P}/seed_0.json").read_text())["steps"] == 4
 
 
 # ---- other objectives ---------------------------------------------------------------------------
@@ -505,7 +540,7 @@ def objective_repos(
         ),
     }
     procs = {
-        name: start_dvc(make_repo(root / name, params), "repro", "train@0")
+        name: start_dvc(make_repo(root / name, params), "repro", f"train@{P}-0")
         for name, params in variants.items()
     }
     results = {}
@@ -518,26 +553,27 @@ def objective_repos(
 def check_objective_run(repo: Path, returncode: int, out: str, objective: str) -> None:
     assert returncode == 0, out[-6000:]
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    assert {"base_model", "data", "mlm_head", "pre_prune", "train@0"} <= ran, out
+    assert {"base_model", "data", "mlm_head", f"pre_prune@{P}", f"train@{P}-0"} <= ran, out
     assert not ran & {
         "select",
         "evaluate_encoder",
-        "evaluate_decoder",
-        "rewrite",
-        "probe_generation",
-        "probe_bias",
+        f"evaluate_decoder@{P}",
+        f"rewrite@{P}",
+        f"probe_generation@{P}",
+        f"probe_bias@{P}",
     }
-    report = json.loads((repo / "metrics/train/seed_0.json").read_text())
+    report = json.loads((repo / f"metrics/train/{P}/seed_0.json").read_text())
     assert report["seed"] == 0 and report["input_dim"] > 0
     assert (
-        json.loads((repo / "models/gradiend/seed_0/config.json").read_text())["context"][
+        json.loads((repo / f"models/gradiend/{P}/seed_0/config.json").read_text())["context"][
             "objective"
         ]
         == objective
     )
-    assert (repo / "models/gradiend/seed_0/model.safetensors").stat().st_size > 0
+    assert (repo / f"models/gradiend/{P}/seed_0/model.safetensors").stat().st_size > 0
     assert (
-        lock(repo)["stages"]["train@0"]["params"]["params.yaml"]["gradient.objective"] == objective
+        lock(repo)["stages"][f"train@{P}-0"]["params"]["params.yaml"]["gradient.objective"]
+        == objective
     )
 
 

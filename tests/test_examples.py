@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from examples.run import BEGIN, END, FIELDS, RESULTS, merge, table
+from gradiend_core.params import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +32,15 @@ def test_every_example_names_a_description_and_known_param_sections():
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
         assert spec["description"], path
         assert set(spec.get("params") or {}) <= sections, path
+
+
+def test_every_example_merges_into_valid_params():
+    """The overrides are checked by the same loader the stages use, before a long run starts."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    for path in sorted((REPO / "examples").glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        params = parse_params(merge(base, spec.get("params")))
+        assert params.feature.pairs, path
 
 
 def test_results_entries_have_the_fields_outside_scripts_read():

@@ -20,6 +20,7 @@ from torch import nn
 from gradiend_core.data import (
     EXAMPLE_COLUMNS,
     build_dataset,
+    for_pair,
     lms_text,
     read_sources,
     rows_per_class_and_split,
@@ -27,7 +28,13 @@ from gradiend_core.data import (
 from gradiend_core.decoder_eval import build_lms_set, language_modelling_score
 from gradiend_core.encoder_eval import encoder_metrics
 from gradiend_core.errors import GradiendError
-from gradiend_core.feature import ClassPair, alternative_word, identity_classes, other_classes
+from gradiend_core.feature import (
+    ClassPair,
+    alternative_word,
+    feature_for_pair,
+    identity_classes,
+    other_classes,
+)
 from gradiend_core.params import parse_params
 
 MASK = "[MASK]"
@@ -38,7 +45,7 @@ PRONOUNS = {"he": ["he", "him", "his"], "she": ["she", "her", "her"]}
 def feature(classes, targets, pair=None, identity=False) -> SimpleNamespace:
     return SimpleNamespace(
         classes=classes,
-        pair=pair,
+        pairs=None if pair is None else ["-".join(pair)],
         targets=targets,
         mask=MASK,
         identity_for_other_classes=identity,
@@ -95,7 +102,7 @@ THREE = {
 
 
 def test_the_default_pair_is_the_first_two_classes_and_the_rest_are_other_classes(raw):
-    assert raw["feature"]["pair"] is None  # today's params.yaml: he/she, unchanged
+    assert raw["feature"]["pairs"] == ["he-she"]  # today's params.yaml: one pair
     two = parse_params(raw).feature
     assert ClassPair.of_feature(two) == ClassPair("he", "she") and other_classes(two) == []
     params = parse_params(with_feature(raw, **THREE))
@@ -103,7 +110,7 @@ def test_the_default_pair_is_the_first_two_classes_and_the_rest_are_other_classe
     assert other_classes(params.feature) == ["they"] and identity_classes(params.feature) == []
     on = parse_params(with_feature(raw, **THREE, identity_for_other_classes=True)).feature
     assert identity_classes(on) == ["they"]
-    chosen = parse_params(with_feature(raw, **THREE, pair=["they", "he"])).feature
+    chosen = parse_params(with_feature(raw, **THREE, pairs=["they-he"])).feature
     assert ClassPair.of_feature(chosen) == ClassPair("they", "he")  # pair[0] encodes to +1
     assert other_classes(chosen) == ["she"]
 
@@ -111,8 +118,15 @@ def test_the_default_pair_is_the_first_two_classes_and_the_rest_are_other_classe
 @pytest.mark.parametrize(
     ("values", "needles"),
     [
-        ({**THREE, "pair": ["he", "it"]}, ["'feature.pair'", "outside feature.classes"]),
-        ({**THREE, "pair": ["he", "he"]}, ["'feature.pair'", "out of range"]),
+        ({**THREE, "pairs": ["he-it"]}, ["'feature.pairs'", "'it'", "not in feature.classes"]),
+        ({**THREE, "pairs": ["he-he"]}, ["'feature.pairs'", "out of range"]),
+        ({**THREE, "pairs": ["he-she", "he-she"]}, ["'feature.pairs'", "out of range"]),
+        ({**THREE, "pairs": ["he_she"]}, ["'feature.pairs'", "out of range"]),
+        (
+            {"classes": ["he", "she-x"], "targets": {"he": ["he"], "she-x": ["she"]}},
+            ["'she-x'", "contains '-'", "use '_'"],
+        ),
+        ({**THREE, "pair": ["he", "she"]}, ["unknown key 'feature.pair'", "'pairs'"]),
         ({"classes": ["he"], "targets": {"he": ["he"]}}, ["'feature.classes'", "out of range"]),
         (
             {"targets": {"he": ["he", "him", "his"], "she": ["she", "her"]}},
@@ -137,13 +151,47 @@ def test_a_word_may_repeat_within_a_class_and_other_classes_need_not_align(raw):
     assert params.feature.targets["she"] == ["she", "her", "her"]
 
 
-def test_rewrite_target_class_must_be_in_the_pair(raw):
-    moved = with_feature(raw, **THREE, pair=["she", "they"])
+def test_rewrite_target_class_and_male_class_must_be_classes_of_the_feature(raw):
+    # A pair of a suite without the target class rewrites its first class (stage rewrite);
+    # a name that is no class at all is a typo.
+    moved = with_feature(raw, **THREE, pairs=["she-they"])
+    assert parse_params(moved).rewrite.target_class == "he"
+    moved["rewrite"]["target_class"] = "it"
     with pytest.raises(GradiendError) as exc:
-        parse_params(moved)  # rewrite.target_class is 'he', which the pair no longer holds
-    assert "'rewrite.target_class'" in str(exc.value) and "feature.pair" in str(exc.value)
-    moved["rewrite"]["target_class"] = "they"
-    assert parse_params(moved).rewrite.target_class == "they"
+        parse_params(moved)
+    assert "'rewrite.target_class' = 'it'" in str(exc.value) and "feature.classes" in str(exc.value)
+    moved["rewrite"]["target_class"] = "he"
+    moved["probe_bias"]["male_class"] = "man"
+    with pytest.raises(GradiendError, match=r"'probe_bias.male_class' = 'man'"):
+        parse_params(moved)
+
+
+def test_each_pair_of_a_suite_sees_the_feature_as_its_own_pair(raw):
+    suite = parse_params(with_feature(raw, **THREE, pairs=["he-she", "he-they", "she-they"]))
+    f = suite.feature
+    assert ClassPair.of_feature(f) == ClassPair("he", "she")  # the first pair heads the suite
+    view = feature_for_pair(f, "she-they")
+    assert ClassPair.of_feature(view) == ClassPair("she", "they")
+    assert ClassPair("she", "they").name == "she-they"
+    assert other_classes(view) == ["he"] and view.pairs == ["she-they"]
+    assert view.targets == f.targets and f.pairs == ["he-she", "he-they", "she-they"]
+
+
+def test_for_pair_rederives_alternatives_as_if_the_data_were_built_for_that_pair():
+    docs = [*numbered("Then {} said he left.", 3), *numbered("Then {} said she left.", 3)]
+    docs += [*numbered("Then {} said They left.", 3), *numbered("Then {} said him.", 3)]
+    targets = {"he": ["he", "him"], "she": ["she", "her"], "they": ["they", "them"]}
+    first = feature(["he", "she", "they"], targets, pair=["he", "she"])
+    built = build_dataset(docs, first, data_settings()).examples
+    assert for_pair(built, first, 0) is built  # the data stage's own pair: nothing to do
+    for a, b in (("she", "they"), ("they", "he")):
+        other = feature(["he", "she", "they"], targets, pair=[a, b])
+        direct = build_dataset(docs, other, data_settings()).examples
+        pd.testing.assert_frame_equal(for_pair(built, other, 0), direct)
+    # by hand: 'They' (she-they) -> 'She' in its casing; 'him' outside the pair -> itself
+    rows = records(for_pair(built, feature(["he", "she", "they"], targets, ["she", "they"]), 0))
+    assert rows["Then one said They left."][2:] == ("she", "They", "She", "they->she")
+    assert rows["Then one said him."][2:] == ("he", "him", "him", "he->he")
 
 
 # ---- classes outside the pair --------------------------------------------------------------------

@@ -59,6 +59,26 @@ def test_closed_form_grads_equal_autograd(batch, latent_dim):
     )
 
 
+def test_unit_input_normalization_reads_directions_and_keeps_closed_form_exact():
+    """Encoder input ŝ = s / ‖s‖ (train.input_normalization: unit): the closed form still equals
+    autograd on the normalised inputs, the encoding ignores the gradient's size, and a zero row
+    stays zero instead of dividing by 0."""
+    raw = random_gradiend(N, 1, seed=8)
+    unit = Gradiend(N, 1, input_normalization="unit")
+    unit.load_state_dict(raw.state_dict())
+    gen = torch.Generator().manual_seed(3)
+    source, target = torch.randn(3, N, generator=gen), torch.randn(3, N, generator=gen)
+    by_hand = source / source.norm(dim=1, keepdim=True)  # independent of the module's code
+    expected_loss, expected = autograd_reference(raw, by_hand, target)
+    assert unit.closed_form_grads(source, target) == pytest.approx(expected_loss, rel=1e-5)
+    for name, p in unit.named_parameters():
+        torch.testing.assert_close(p.grad.double(), expected[name], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(unit.encode(source * 25.0), raw.encode(by_hand))  # size-free
+    assert torch.equal(unit.encode(torch.zeros(1, N)), torch.tanh(unit.encoder_bias)[None])
+    with pytest.raises(ValueError):
+        Gradiend(N, 1, input_normalization="l1")
+
+
 def test_closed_form_grads_accept_a_single_vector():
     model = random_gradiend(N, 1, seed=5)
     gen = torch.Generator().manual_seed(1)
@@ -163,6 +183,10 @@ def test_save_and_load_round_trip(tmp_path):
     assert config["context"]["feature_class_encoding_direction"] == {"he": 1, "she": -1}
     assert config["architecture"]["input_dim"] == 5
     assert json.loads((folder / "training.json").read_text()) == {"x": 1}
+    assert loaded.input_normalization == "none"
+    unit = Gradiend(pruned.size, 1, input_normalization="unit")
+    save_gradiend(tmp_path / "unit", unit, pruned, context)
+    assert load_gradiend(tmp_path / "unit")[0].input_normalization == "unit"
     # An unpruned space has no kept file and loads as 'all coordinates'.
     save_gradiend(folder, random_gradiend(27, 1, seed=1), space, context)
     assert load_gradiend(folder)[1].kept is None

@@ -57,6 +57,7 @@ def settings(**overrides) -> SimpleNamespace:
         "gradiend_batch_size": 2,
         "max_steps": 5,
         "eval_steps": 2,
+        "input_normalization": "none",
         "normalize_sign": True,
         "convergence_threshold": 0.5,
         "convergence_mean_threshold": 0.5,
@@ -642,3 +643,46 @@ def test_seeds_are_ranked_by_the_score_their_checkpoint_maximized():
     assert select_seed(reports)["seed"] == 1  # the score, not the pair correlation, decides
     old = [{k: v for k, v in r.items() if k != "best_score"} for r in reports]
     assert select_seed(old)["seed"] == 0  # reports without a score: the correlation
+
+
+def test_unit_input_keeps_large_neutral_gradients_near_zero():
+    """Neutral gradients 20x longer than the pair's (another objective or model, docs/method.md
+    §4.1) and nearly orthogonal to the feature: a raw encoder's growing weights push them to +-1,
+    the unit-input encoder (train.input_normalization: unit) reads only their direction and keeps
+    them near 0, with the same perfect pair correlation."""
+    gen = torch.Generator().manual_seed(1)
+    n = 400
+    u = torch.randn(n, generator=gen)
+    table, rows = {}, []
+    for cls, sign in (("he", 1.0), ("she", -1.0)):
+        for i in range(8):
+            g_f = sign * u + 0.05 * torch.randn(n, generator=gen)
+            g_a = -g_f + 0.05 * torch.randn(n, generator=gen)
+            table[f"{cls} {i}"] = {"factual": g_f, "alternative": g_a, "diff": g_f - g_a}
+            split = "train" if i < 6 else "validation"
+            rows.append(
+                {
+                    "masked": f"{cls} {i}",
+                    "factual": cls,
+                    "alternative": "x",
+                    "factual_class": cls,
+                    "split": split,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    train, val = frame[frame["split"] == "train"], frame[frame["split"] == "validation"]
+    neutral = 20.0 * torch.stack([torch.randn(n, generator=gen) for _ in range(32)])
+    results = {}
+    for mode in ("none", "unit"):
+        config = settings(
+            learning_rate=0.05,
+            weight_decay=0.0,
+            gradiend_batch_size=1,
+            max_steps=30,
+            eval_steps=5,
+            input_normalization=mode,
+        )
+        result = train_gradiend(store_for(FakeComputer(table), train, val, config), PAIR, config, 0)
+        assert result.best.correlation > 0.95 and result.model.input_normalization == mode
+        results[mode] = float(result.model.encode(neutral)[:, 0].abs().mean())
+    assert results["none"] > 0.5 and results["unit"] < 0.3, results

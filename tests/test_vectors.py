@@ -122,7 +122,7 @@ def three_class_examples():
     ]
     feature = SimpleNamespace(
         classes=["he", "she", "they"],
-        pair=None,
+        pairs=None,
         targets={"he": ["he"], "she": ["she"], "they": ["they"]},
         mask=MASK,
     )
