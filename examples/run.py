@@ -82,6 +82,7 @@ def collect(clone: Path) -> dict:
             "rewrite_after": rewrite.get("target_probability_after"),
             "lms_ratio": rewrite["lms_ratio"],
         }
+    rows = {c: sum(by_split.values()) for c, by_split in metric("data")["rows"].items()}
     out = {
         "correlation": encoder["correlation"],
         "neutral_abs_mean": encoder["neutral"]["abs_mean"],
@@ -89,6 +90,7 @@ def collect(clone: Path) -> dict:
         "trained_seeds": len(select["seeds_tried"]),
         **per_pair[pairs[0]],
     }
+    out["rows"] = rows  # masked rows per class (all splits), metrics/data.json
     if len(pairs) > 1:
         out["pairs"] = {
             pair: {**encoder["pairs"][pair], **select["pairs"][pair], **per_pair[pair]}
@@ -150,22 +152,42 @@ def fmt(value, digits: int = 3) -> str:
 
 
 def table() -> str:
-    """The README's examples table, from examples/results.json."""
+    """The README's examples table, from examples/results.json (and one row per pair of every
+    suite below it)."""
     results = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else []
     lines = [
-        "| example | command | model | test correlation | neutral \\|mean\\| | seeds converged |"
-        " rewrite P before → after | LMS ratio | wall time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| example | command | model | rows per class | test correlation | neutral \\|mean\\| |"
+        " seeds converged | rewrite P before → after | LMS ratio | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         spec = load_spec(r["name"])
+        rows = ", ".join(f"{c} {n}" for c, n in (r.get("rows") or {}).items()) or "–"
         lines.append(
             f"| {r['name']}: {spec.get('description', '')} | `{r['command']}` | `{r['model']}` "
-            f"| {fmt(r['correlation'], 4)} | {fmt(r['neutral_abs_mean'])} "
+            f"| {rows} | {fmt(r['correlation'], 4)} | {fmt(r['neutral_abs_mean'])} "
             f"| {r['converged_seeds']} / {r['trained_seeds']} "
             f"| {fmt(r['rewrite_before'])} → {fmt(r['rewrite_after'])} | {fmt(r['lms_ratio'], 4)} "
             f"| {fmt(r['wall_s'] / 60, 1)} min |"
         )
+    suites = [r for r in results if r.get("pairs")]
+    if suites:
+        lines += [
+            "",
+            "Suites, one row per pair (the table above shows the first pair):",
+            "",
+            "| example | pair | test correlation | neutral \\|mean\\| | seeds converged |"
+            " rewrite P before → after | LMS ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in suites:
+            for pair, m in r["pairs"].items():
+                lines.append(
+                    f"| {r['name']} | {pair} | {fmt(m['correlation'], 4)} "
+                    f"| {fmt(m['neutral_abs_mean'])} | {m['convergent_count']} / "
+                    f"{m['trained_count']} | {fmt(m['rewrite_before'])} → "
+                    f"{fmt(m['rewrite_after'])} | {fmt(m['lms_ratio'], 4)} |"
+                )
     return "\n".join(lines)
 
 
