@@ -261,6 +261,26 @@ def roberta_base(tiny_roberta_dir):
     return load_base_model(tiny_roberta_dir)
 
 
+def data_settings(default_split: dict[str, float], **overrides):
+    """``data`` params for build_dataset tests: ``default_split`` (unless ``split`` is
+    overridden), no length, context or size limits unless overridden, no balancing, seed 0."""
+    from types import SimpleNamespace
+
+    values = {
+        "min_words": 1,
+        "max_words": 100,
+        "min_left_context_words": 0,
+        "max_per_class": 1000,
+        "balance": False,
+        "split": default_split,
+        "neutral_size": 1000,
+        "neutral_excluded_words": [],
+        "seed": 0,
+    }
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
 def tiny_params(model_dir: Path, corpus: Path, **overrides) -> dict:
     """The repository's params.yaml with tiny, fast values for the tiny fixtures (deep-merged
     overrides)."""

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from conftest import data_settings
 
 from gradiend_core.data import (
     EXAMPLE_COLUMNS,
@@ -32,20 +33,8 @@ NEUTRAL_DOCS = [
 
 
 def build(docs: list[str], feature: dict = HE_SHE, prepared=None, **overrides):
-    kwargs = {
-        "min_words": 1,
-        "max_words": 100,
-        "min_left_context_words": 0,
-        "max_per_class": 1000,
-        "balance": False,
-        "split": SPLIT,
-        "neutral_size": 1000,
-        "neutral_excluded_words": [],
-        "seed": 0,
-    }
-    kwargs.update(overrides)
     feature = SimpleNamespace(classes=feature["classes"], targets=feature["targets"], mask="[MASK]")
-    return build_dataset(docs, feature, SimpleNamespace(**kwargs), prepared=prepared)
+    return build_dataset(docs, feature, data_settings(SPLIT, **overrides), prepared=prepared)
 
 
 def as_records(examples: pd.DataFrame) -> dict[str, tuple]:

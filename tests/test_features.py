@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, gpt2_pieces
+from conftest import data_settings as shared_data_settings
 from test_gradients import word_ids
 from torch import nn
 
@@ -56,19 +57,7 @@ HE_SHE_THEY = feature(["he", "she", "they"], {"he": ["he"], "she": ["she"], "the
 
 
 def data_settings(**overrides) -> SimpleNamespace:
-    values = {
-        "min_words": 1,
-        "max_words": 100,
-        "min_left_context_words": 0,
-        "max_per_class": 1000,
-        "balance": False,
-        "split": SPLIT,
-        "neutral_size": 1000,
-        "neutral_excluded_words": [],
-        "seed": 0,
-    }
-    values.update(overrides)
-    return SimpleNamespace(**values)
+    return shared_data_settings(SPLIT, **overrides)
 
 
 def records(examples: pd.DataFrame) -> dict[str, tuple]:

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, data_settings
 
 from gradiend_core import linguistic
 from gradiend_core.data import build_dataset
@@ -43,19 +43,7 @@ def feature(targets, filters, analyzer=ENGLISH, classes=("he", "she")) -> Simple
 
 
 def settings(**overrides) -> SimpleNamespace:
-    values = {
-        "min_words": 1,
-        "max_words": 100,
-        "min_left_context_words": 0,
-        "max_per_class": 1000,
-        "balance": False,
-        "split": SPLIT,
-        "neutral_size": 1000,
-        "neutral_excluded_words": [],
-        "seed": 0,
-    }
-    values.update(overrides)
-    return SimpleNamespace(**values)
+    return data_settings(SPLIT, **overrides)
 
 
 def records(corpus) -> dict[str, tuple]:

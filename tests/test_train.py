@@ -563,12 +563,10 @@ def test_eval_set_leaves_identity_rows_out_of_the_correlation_and_reports_their_
     assert abs(ev.other_means["they"]) < 0.5 and converged(ev, 0.5, 0.5)
 
 
-def test_neutral_sentences_steer_the_checkpoint_towards_specific_weights():
-    """With validation neutral sentences the best checkpoint maximizes the correlation over the
-    pair's rows and the neutral rows (label 0): a later checkpoint with a marginally higher pair
-    correlation but neutral encodings pushed off 0 loses."""
-    gen = torch.Generator().manual_seed(0)
-    n = 40
+def pair_table(n: int, gen: torch.Generator):
+    """Gradients of a clean synthetic feature: he rows along +u, she rows along -u (8 rows each,
+    6 train and 2 validation), alternatives opposite. Returns (u, table, train rows, validation
+    rows)."""
     u = torch.randn(n, generator=gen)
     table, rows = {}, []
     for cls, sign in (("he", 1.0), ("she", -1.0)):
@@ -587,7 +585,16 @@ def test_neutral_sentences_steer_the_checkpoint_towards_specific_weights():
                 }
             )
     frame = pd.DataFrame(rows)
-    train, val = frame[frame["split"] == "train"], frame[frame["split"] == "validation"]
+    return u, table, frame[frame["split"] == "train"], frame[frame["split"] == "validation"]
+
+
+def test_neutral_sentences_steer_the_checkpoint_towards_specific_weights():
+    """With validation neutral sentences the best checkpoint maximizes the correlation over the
+    pair's rows and the neutral rows (label 0): a later checkpoint with a marginally higher pair
+    correlation but neutral encodings pushed off 0 loses."""
+    gen = torch.Generator().manual_seed(0)
+    n = 40
+    u, table, train, val = pair_table(n, gen)
     # Neutral vectors share a little of the feature direction: a growing encoder pushes them off 0.
     neutral = RowVectors(
         torch.stack([0.3 * u + torch.randn(n, generator=gen) for _ in range(6)]),
@@ -652,25 +659,7 @@ def test_unit_input_keeps_large_neutral_gradients_near_zero():
     them near 0, with the same perfect pair correlation."""
     gen = torch.Generator().manual_seed(1)
     n = 400
-    u = torch.randn(n, generator=gen)
-    table, rows = {}, []
-    for cls, sign in (("he", 1.0), ("she", -1.0)):
-        for i in range(8):
-            g_f = sign * u + 0.05 * torch.randn(n, generator=gen)
-            g_a = -g_f + 0.05 * torch.randn(n, generator=gen)
-            table[f"{cls} {i}"] = {"factual": g_f, "alternative": g_a, "diff": g_f - g_a}
-            split = "train" if i < 6 else "validation"
-            rows.append(
-                {
-                    "masked": f"{cls} {i}",
-                    "factual": cls,
-                    "alternative": "x",
-                    "factual_class": cls,
-                    "split": split,
-                }
-            )
-    frame = pd.DataFrame(rows)
-    train, val = frame[frame["split"] == "train"], frame[frame["split"] == "validation"]
+    _, table, train, val = pair_table(n, gen)
     neutral = 20.0 * torch.stack([torch.randn(n, generator=gen) for _ in range(32)])
     results = {}
     for mode in ("none", "unit"):
