@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from examples.run import collect, record, write_table
+from examples.run import collect, record, remove_committed_outputs, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "work" / "pipeline"
@@ -70,14 +70,7 @@ def main() -> int:
     params = yaml.safe_load((WORK / "params.yaml").read_text(encoding="utf-8"))
     lr = params["train"]["learning_rate"] / 2
     seeds = list(params["train"]["seeds"])
-    # metrics/ and plots/ are committed (cache: false): left in place, DVC would consider the
-    # stages that write only those up to date and skip them. Remove them so every stage runs.
-    lock = yaml.safe_load((WORK / "dvc.lock").read_text(encoding="utf-8"))
-    for stage in lock["stages"].values():
-        for out in stage.get("outs", []):
-            path = WORK / out["path"]
-            if out["path"].startswith(("metrics/", "plots/")) and path.exists():
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    remove_committed_outputs(WORK)
     repro_s = run(["dvc", "repro"], WORK)
     stages = stage_seconds(WORK)
     # The fresh clone's run must reproduce the committed lock (same params + code = same bytes).

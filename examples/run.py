@@ -99,6 +99,20 @@ def collect(clone: Path) -> dict:
     return out
 
 
+def remove_committed_outputs(clone: Path) -> None:
+    """Delete the clone's committed metrics/ and plots/ outputs (``cache: false``). Left in
+    place, DVC would find the stages that write only those up to date and skip them, so the run
+    would neither be whole nor its wall time honest."""
+    import shutil
+
+    lock = yaml.safe_load((clone / "dvc.lock").read_text(encoding="utf-8"))
+    for stage in lock["stages"].values():
+        for out in stage.get("outs", []):
+            path = clone / out["path"]
+            if out["path"].startswith(("metrics/", "plots/")) and path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def run_example(name: str) -> dict:
     spec = load_spec(name)
     if spec.get("install"):
@@ -120,6 +134,7 @@ def run_example(name: str) -> dict:
     params_file = clone / "params.yaml"
     params = merge(yaml.safe_load(params_file.read_text(encoding="utf-8")), spec.get("params"))
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    remove_committed_outputs(clone)
     start = time.perf_counter()
     subprocess.run(["dvc", "repro"], cwd=clone, env=env(), check=True)
     wall = time.perf_counter() - start
