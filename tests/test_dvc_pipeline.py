@@ -469,7 +469,7 @@ def interrupt_during_a_write(proc, watched: list[Path], sig: signal.Signals) -> 
             for p in d.iterdir()
         ):
             break
-        time.sleep(0.002)
+        time.sleep(0.0002)  # the atomic writes of a tiny stage last only milliseconds
     assert proc.poll() is None, (
         f"the stage ended before it could be interrupted:\n{proc.communicate()[0][-3000:]}"
     )
