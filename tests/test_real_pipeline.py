@@ -90,11 +90,11 @@ def test_default_gradiend_converges(fresh_clone):
 def test_rewrite_moves_probability_within_lms(fresh_clone):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    rewrite = _metrics(fresh_clone, "rewrite")
+    rewrite = _metrics(fresh_clone, "rewrite/he-she")
     assert rewrite["direction"] == "strengthen"
     assert rewrite["target_probability_after"] > rewrite["target_probability_before"]
     assert rewrite["lms_ratio"] >= 0.99
-    model = AutoModelForCausalLM.from_pretrained(fresh_clone / "models" / "rewritten")
-    tokenizer = AutoTokenizer.from_pretrained(fresh_clone / "models" / "rewritten")
+    model = AutoModelForCausalLM.from_pretrained(fresh_clone / "models" / "rewritten" / "he-she")
+    tokenizer = AutoTokenizer.from_pretrained(fresh_clone / "models" / "rewritten" / "he-she")
     assert model.config.architectures == ["LlamaForCausalLM"]
     assert len(tokenizer(" he", add_special_tokens=False)["input_ids"]) == 1
