@@ -11,13 +11,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
+
+from examples.run import remove_committed_outputs
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -42,12 +42,7 @@ def fresh_clone(tmp_path_factory) -> Path:
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     # Committed metrics/ and plots/ outputs would let DVC skip the stages that write only those;
     # remove them so every stage runs and must regenerate the committed bytes.
-    lock = yaml.safe_load((clone / "dvc.lock").read_text(encoding="utf-8"))
-    for stage in lock["stages"].values():
-        for out in stage.get("outs", []):
-            path = clone / out["path"]
-            if out["path"].startswith(("metrics/", "plots/")) and path.exists():
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    remove_committed_outputs(clone)
     result = subprocess.run(
         [sys.executable, "-m", "dvc", "repro"],
         cwd=clone,
