@@ -579,19 +579,8 @@ def build_dataset(
             first = hits[cls]
             if count_words(sentence[: first.start()]) < min_left_context_words:
                 continue
-            other = alternative_class(pair, cls)
-            factual = first.group(0)
-            rows[cls].append(
-                {
-                    "masked": patterns[cls].sub(mask, sentence),
-                    "text": sentence,
-                    "factual_class": cls,
-                    "alternative_class": other,
-                    "factual": factual,
-                    "alternative": alternative_word(targets, pair, cls, factual),
-                    "transition": f"{cls}->{other}",
-                }
-            )
+            masked = patterns[cls].sub(mask, sentence)
+            rows[cls].append(example_row(masked, sentence, cls, first.group(0), pair, targets))
     for doc in neutral_documents:
         for sentence in split_sentences(doc):
             scanned += 1
@@ -645,6 +634,30 @@ def build_dataset(
         sentences_scanned=scanned,
         filtered_out=filtered_out,
     )
+
+
+def example_row(
+    masked: str,
+    sentence: str,
+    cls: str,
+    factual: str,
+    pair: ClassPair,
+    targets: dict[str, list[str]],
+    position: int | None = None,
+) -> dict:
+    """One masked row of class ``cls`` (§1.1): its factual word as written, and the alternative
+    class and word for ``pair`` (the word at ``position`` of the class's list, or its first
+    position when None)."""
+    other = alternative_class(pair, cls)
+    return {
+        "masked": masked,
+        "text": sentence,
+        "factual_class": cls,
+        "alternative_class": other,
+        "factual": factual,
+        "alternative": alternative_word(targets, pair, cls, factual, position),
+        "transition": f"{cls}->{other}",
+    }
 
 
 def _class_filters(feature) -> dict[str, list[dict | None]]:
@@ -734,18 +747,16 @@ def _add_filtered(
         for hit, _, _ in accepted:
             masked += [sentence[at : hit.start()], mask]
             at = hit.end()
-        other = alternative_class(pair, cls)
-        factual = first.group(0)
         rows[cls].append(
-            {
-                "masked": "".join([*masked, sentence[at:]]),
-                "text": sentence,
-                "factual_class": cls,
-                "alternative_class": other,
-                "factual": factual,
-                "alternative": alternative_word(targets, pair, cls, factual, position),
-                "transition": f"{cls}->{other}",
-            }
+            example_row(
+                "".join([*masked, sentence[at:]]),
+                sentence,
+                cls,
+                first.group(0),
+                pair,
+                targets,
+                position,
+            )
         )
     LOG.info(
         "feature.filters: %s analysed %d of %d sentences with a target word in %.1f s;"

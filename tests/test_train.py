@@ -405,27 +405,7 @@ def test_train_gradiend_is_deterministic_per_seed(causal_base, tiny_examples):
 
 def test_train_gradiend_learns_a_clean_synthetic_feature():
     """Vectors ±u (+ small noise): the encoder separates the classes and the run converges."""
-    gen = torch.Generator().manual_seed(0)
-    n = 50
-    u = torch.randn(n, generator=gen)
-    table, rows = {}, []
-    for cls, sign in (("he", 1.0), ("she", -1.0)):
-        for i in range(8):
-            g_f = sign * u + 0.05 * torch.randn(n, generator=gen)
-            g_a = -g_f + 0.05 * torch.randn(n, generator=gen)
-            text = f"{cls} {i}"
-            table[text] = {"factual": g_f, "alternative": g_a, "diff": g_f - g_a}
-            rows.append(
-                {
-                    "masked": text,
-                    "factual": cls,
-                    "alternative": "x",
-                    "factual_class": cls,
-                    "split": "train" if i < 6 else "validation",
-                }
-            )
-    frame = pd.DataFrame(rows)
-    train, val = frame[frame["split"] == "train"], frame[frame["split"] == "validation"]
+    _, table, train, val = pair_table(50, torch.Generator().manual_seed(0))
     config = settings(
         learning_rate=0.05, weight_decay=0.0, gradiend_batch_size=1, max_steps=60, eval_steps=10
     )
