@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +124,32 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
+@contextmanager
+def _one_gguf_parse():
+    """Parse a GGUF file once while transformers reads it three times.
+
+    transformers builds the tokenizer, the config and the weights from a GGUF with three separate
+    ``gguf.GGUFReader`` parses of the whole header, which for SmolLM2's 49k-token vocabulary and
+    merges take about 5 s each on 2 cores. Within this block the reader of a path is made once and
+    shared (a reader only maps the file and indexes it; every later read is of the same bytes)."""
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict = {}
+
+    def shared(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = original(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def acquire_base_model(
     source: str, out_dir: str | Path, dtype: torch.dtype = torch.float32
 ) -> dict:
@@ -136,9 +163,10 @@ def acquire_base_model(
                 f" {sorted(EMBEDDED_MODELS)}, a local folder or a hub id."
             )
         folder, gguf, _ = _gguf_location(source)
-        LOG.info("de-quantizing %s from %s (one-off, ~20-100 s)", gguf, folder)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf)
-        model = _auto_class("causal").from_pretrained(str(folder), gguf_file=gguf, dtype=dtype)
+        LOG.info("de-quantizing %s from %s (one-off, ~10-60 s)", gguf, folder)
+        with _one_gguf_parse():
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf)
+            model = _auto_class("causal").from_pretrained(str(folder), gguf_file=gguf, dtype=dtype)
         sha = hashlib.sha256((folder / gguf).read_bytes()).hexdigest()
         record = {"source": source, "kind": "gguf", "gguf_file": gguf, "gguf_sha256": sha}
     elif _looks_like_path(source):

@@ -36,10 +36,11 @@ from gradiend_core.feature import ClassPair
 from gradiend_core.gradiend import Gradiend, GradiendContext
 from gradiend_core.runtime import progress
 from gradiend_core.tokens import (
+    SequenceBatch,
     casing_variants,
+    causal_batch,
     causal_prefix_ids,
     class_token_ids,
-    left_pad,
     right_pad,
 )
 from gradiend_core.weight_edit import WeightEditor
@@ -106,17 +107,13 @@ def class_probabilities(
     for start in range(0, len(probe.inputs), batch_size):
         chunk = probe.inputs[start : start + batch_size]
         if base.kind == "causal":
-            ids, attn, pos = left_pad(chunk, base.tokenizer.pad_token_id)
-            inputs = {
-                "input_ids": ids.to(dev),
-                "attention_mask": attn.to(dev),
-                "position_ids": pos.to(dev),
-                "logits_to_keep": 1,
-            }
+            batch = causal_batch(base.model, chunk, base.tokenizer.pad_token_id)
+            inputs = {**batch.inputs(dev), "logits_to_keep": _on(batch.last_token_keep(), dev)}
             if cache is None:
-                logits = base.model(**inputs, use_cache=False).logits[:, -1]  # (B, V)
+                logits = base.model(**inputs, use_cache=False).logits
             else:
-                logits = cache.logits(base.model, ("probe", start), **inputs)[:, -1]
+                logits = cache.logits(base.model, ("probe", start), **inputs)
+            logits = batch.last_token_rows(logits)  # (B, V)
         else:
             ids, attn = right_pad(chunk, base.tokenizer.pad_token_id)
             full = base.model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits
@@ -153,6 +150,11 @@ def probs_by_dataset(probe: ProbeSet, probs: torch.Tensor) -> dict[str, dict[str
         rows = torch.tensor([c == d for c in probe.row_class])
         out[d] = {c: float(probs[rows, j].mean()) for j, c in enumerate(probe.classes)}
     return out
+
+
+def _on(keep, device):
+    """``logits_to_keep`` on the model's device (an int stays an int)."""
+    return keep.to(device) if isinstance(keep, torch.Tensor) else keep
 
 
 # ---- language-modelling score ----------------------------------------------------------------
@@ -214,6 +216,21 @@ def build_lms_set(
     return LmsSet(base.kind, seqs, positions, left_out)
 
 
+def next_token_targets(
+    batch: SequenceBatch, sequences: list[list[int]], left_out: tuple[int, ...] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat positions, targets) of the causal LMS: every token t + 1 of a sequence is scored from
+    position t of that sequence (the shifted NLL), except tokens in ``left_out``."""
+    positions, targets = [], []
+    skip = set(left_out)
+    for start, seq in zip(batch.flat_starts.tolist(), sequences, strict=True):
+        for i in range(len(seq) - 1):
+            if seq[i + 1] not in skip:
+                positions.append(start + i)
+                targets.append(seq[i + 1])
+    return torch.tensor(positions, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
+
+
 @torch.no_grad()
 def language_modelling_score(
     base: BaseModel, lms_set: LmsSet, batch_size: int, cache: LowerBlockCache | None = None
@@ -226,23 +243,26 @@ def language_modelling_score(
     total, count = 0.0, 0
     for start in range(0, len(lms_set.sequences), batch_size):
         chunk = lms_set.sequences[start : start + batch_size]
-        ids, attn = right_pad(chunk, pad)
         if lms_set.kind == "causal":
-            inputs = {"input_ids": ids.to(dev), "attention_mask": attn.to(dev)}
+            batch = causal_batch(base.model, chunk, pad)
+            scored, targets = next_token_targets(batch, chunk, lms_set.left_out)
+            if len(targets) == 0:
+                continue
+            inputs = batch.inputs(dev)
+            if batch.packed:  # the head runs on the scored positions only
+                inputs["logits_to_keep"] = scored.to(dev)
             if cache is None:
-                logits = base.model(**inputs, use_cache=False).logits.float()  # (B, T, V)
+                logits = base.model(**inputs, use_cache=False).logits
             else:
-                logits = cache.logits(base.model, ("lms", start), **inputs).float()
-            nll = nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2), ids[:, 1:].to(dev), reduction="none"
-            )  # (B, T-1): token t+1 given <= t
-            keep = attn[:, 1:].to(dev).bool()
-            if lms_set.left_out:  # filled test rows: the target words are not scored
-                target = ids[:, 1:].to(dev)
-                keep &= ~torch.isin(target, torch.tensor(lms_set.left_out, device=dev))
-            total += float(nll[keep].sum())
-            count += int(keep.sum())
+                logits = cache.logits(base.model, ("lms", start), **inputs)
+            if batch.packed:
+                flat = logits[0].float()
+            else:
+                flat = logits.reshape(-1, logits.shape[-1])[scored.to(dev)].float()
+            total += float(nn.functional.cross_entropy(flat, targets.to(dev), reduction="sum"))
+            count += len(targets)
         else:
+            ids, attn = right_pad(chunk, pad)
             chunk_positions = lms_set.masked_positions[start : start + batch_size]
             masked = ids.clone()
             for i, pos in enumerate(chunk_positions):
@@ -319,39 +339,97 @@ def decoder_grid(
     lms_set: LmsSet,
     settings,
     reuse_lower_blocks: bool = True,
+    balance: bool = False,
 ) -> tuple[dict, list[dict]]:
-    """The base point and the (f, η) points of the grid (§7.3), each measured on the in-place
+    """The base point and the measured (f, η) points (§7.3), each measured on the in-place
     edited model, the frozen lower blocks' output reused between points (``LowerBlockCache``).
 
     ``settings`` is the ``evaluate_decoder`` params section: ``feature_factors``,
-    ``learning_rates``, ``batch_size``, ``lms_ratio`` and ``search``. With ``search: ascending``
-    each factor's η run stops after its first point below the LMS floor: every selection rule
-    picks among LMS-passing points only, so when the LMS falls monotonically with η the choices
-    equal the full grid's at about half the cost; ``grid`` measures every point (fuller plots).
-    ``reuse_lower_blocks=False`` runs full passes (benchmarks compare the two)."""
+    ``learning_rates``, ``batch_size``, ``lms_ratio``, ``search`` and ``refine_steps``. Which
+    points are measured (``search``):
+
+    * ``grid``: every (f, η) of the grid;
+    * ``ascending``: per factor, η from small to large, stopping after the first point below the
+      LMS floor. Every selection rule picks among LMS-passing points only, so when the LMS falls
+      monotonically with η the choices equal the full grid's at about half the cost;
+    * ``bracket``: per factor, a bisection over the sorted η grid for the largest η that passes
+      (about log2 of the grid's size points, assuming, like ``ascending``, that the points that
+      pass come before those that fail), then ``refine_steps`` geometric bisections between that
+      η and the next grid value, which fails (each point η = √(η_pass·η_fail), rounded to 3
+      significant digits). Strengthening and weakening pick the largest shift among measured
+      passing points, usually the largest passing η, so they get the grid's choice or a finer
+      one at a third of the points. The balance goal's best η usually lies inside the passing
+      range, which the bisection skips: with ``balance`` (the rewrite balances) each factor's
+      passing range is walked ascending instead, as ``ascending`` does, before the refinement.
+
+    Points are returned ordered by (f, η). ``reuse_lower_blocks=False`` runs full passes
+    (benchmarks compare the two)."""
     editor = WeightEditor(base.model, space)
     batch_size = settings.batch_size
     first = first_edited_block(space) if reuse_lower_blocks else None
     cache = LowerBlockCache(base.model, first)
     base_point = measure(base, probe, lms_set, batch_size, cache)
-    points = []
-    grid = [
-        (f, lr) for f in sorted(settings.feature_factors) for lr in sorted(settings.learning_rates)
-    ]
     floor = settings.lms_ratio * base_point["lms"]
-    failed: set[float] = set()  # feature factors whose ascending search has stopped
-    for f, lr in progress(grid, desc="decoder grid"):
-        if f in failed:
+    factors, rates = sorted(settings.feature_factors), sorted(settings.learning_rates)
+    points: dict[tuple[float, float], dict] = {}
+    total = len(factors) * len(rates) if settings.search != "bracket" else None
+    bar = progress(total=total, desc=f"decoder grid ({settings.search})")
+
+    def passes(f: float, lr: float) -> bool:
+        if (f, lr) not in points:
+            editor.apply_gradiend(gradiend, f, lr)
+            try:
+                measured = measure(base, probe, lms_set, batch_size, cache)
+            finally:
+                editor.restore()
+            points[(f, lr)] = {"feature_factor": float(f), "learning_rate": float(lr), **measured}
+            bar.update(1)
+        return points[(f, lr)]["lms"] >= floor
+
+    for f in factors:
+        if settings.search == "bracket":
+            if balance:
+                lo = next((i for i, lr in enumerate(rates) if not passes(f, lr)), len(rates)) - 1
+                hi = lo + 1
+            else:
+                lo, hi = bracket_boundary(lambda i, f=f: passes(f, rates[i]), len(rates))
+            if lo >= 0 and hi < len(rates):
+                refine_between(lambda lr, f=f: passes(f, lr), rates[lo], rates[hi], settings)
             continue
-        editor.apply_gradiend(gradiend, f, lr)
-        try:
-            measured = measure(base, probe, lms_set, batch_size, cache)
-        finally:
-            editor.restore()
-        points.append({"feature_factor": float(f), "learning_rate": float(lr), **measured})
-        if settings.search == "ascending" and measured["lms"] < floor:
-            failed.add(f)
-    return base_point, points
+        for lr in rates:
+            if not passes(f, lr) and settings.search == "ascending":
+                break
+    bar.close()
+    return base_point, [points[k] for k in sorted(points)]
+
+
+def bracket_boundary(passes, count: int) -> tuple[int, int]:
+    """Bisection over indices 0..count-1 for the boundary between passing and failing points,
+    assuming every passing index comes before every failing one: returns (last passing index or
+    -1, first failing index or ``count``), calling ``passes(i)`` about log2(count + 1) times."""
+    lo, hi = -1, count
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if passes(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, hi
+
+
+def refine_between(passes, good: float, bad: float, settings) -> float:
+    """``settings.refine_steps`` geometric bisections of (good, bad) (η passes at ``good``, fails
+    at ``bad``); returns the largest passing η found. Each midpoint is √(good·bad) rounded to 3
+    significant digits; the refinement stops when rounding can no longer split the interval."""
+    for _ in range(settings.refine_steps):
+        mid = float(f"{math.sqrt(good * bad):.3g}")
+        if not good < mid < bad:
+            break
+        if passes(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
 
 
 def select_balance(points: list[dict], base_point: dict, lms_ratio: float) -> dict | None:
@@ -391,11 +469,16 @@ def select_balance(points: list[dict], base_point: dict, lms_ratio: float) -> di
 
 
 def select(
-    points: list[dict], base_point: dict, context: GradiendContext, lms_ratio: float
+    points: list[dict],
+    base_point: dict,
+    context: GradiendContext,
+    lms_ratio: float,
+    balance: bool = True,
 ) -> dict[str, dict | None]:
     """Strengthen/weaken choices per class and the balance choice under the LMS constraint (§7.5).
 
-    Keys: ``'<class>'`` (strengthen), ``'<class>_weaken'`` and ``'balance'`` (``select_balance``).
+    Keys: ``'<class>'`` (strengthen), ``'<class>_weaken'`` and ``'balance'`` (``select_balance``;
+    None when ``balance`` is false: the measured points were not searched for it).
     Among the points with the right feature factor and LMS >= ``lms_ratio`` × base LMS, the one
     with the best value wins (ties: the smaller η); a higher ``lms_ratio`` protects fluency at the
     cost of a smaller shift.
@@ -436,7 +519,8 @@ def select(
                 "lms_ratio": chosen["lms"] / base_point["lms"],
                 "constraint_met": bool(passing),
             }
-    out["balance"] = select_balance(points, base_point, lms_ratio)
+    # A search that skipped the passing range (bracket without balance) has no balance choice.
+    out["balance"] = select_balance(points, base_point, lms_ratio) if balance else None
     return out
 
 

@@ -10,8 +10,19 @@ needs no autograd graph over the (B, n) tensors: with R = 2 (y - t) / (B n),
     ∂/∂W_d = Rᵀ h      ∂/∂b_d = Σ_b R      ∂/∂z = (R W_d) ⊙ (1 - h²)      ∂/∂W_e = (∂/∂z)ᵀ s
     ∂/∂b_e = Σ_b ∂/∂z
 
-and the gradients are handed to ``torch.optim.AdamW`` (fused). ``tests/test_model.py`` pins this
-against autograd.
+``closed_form_grads`` sets them as ``.grad`` for ``torch.optim.AdamW``; ``tests/test_model.py``
+pins it against autograd. Training uses ``Gradiend.fused_update`` instead: the same gradients and
+the same AdamW update (torch's fused AdamW kernel, state in ``GradiendAdamW``), computed chunk by
+chunk over the n coordinates in three passes, in place, without any (B, n) or n-sized temporary:
+
+    pass 1: ‖s_b‖² and W_e s_b                    -> ŝ's scale, z, h
+    pass 2: r = W_d h + b_d - t; Σ r², W_dᵀ r      -> the loss, ∂/∂z
+    pass 3: r again; the chunk's gradients, then AdamW on the chunks of W_d, b_d, W_e
+
+Each chunk (``UPDATE_CHUNK`` coordinates) stays in cache between its operations, so the update
+streams each n-sized tensor once per pass that needs it: ~25 passes over memory for B = 1, AdamW's
+own 18 included, where ``closed_form_grads`` + AdamW made ~50 and allocated ~9 fresh n-sized
+tensors. At n = 35M it is memory-bound (~0.2-0.3 s against ~1.6 s on a 2-core CPU).
 
 ŝ is the encoder's view of the source (§4.1, ``input_normalization``): ``unit`` (the default) is
 s / ‖s‖, the gradient's direction, so the feature value never depends on the gradient's size (which
@@ -21,6 +32,8 @@ gradient); ``none`` is s itself, the reference's encoder.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +46,14 @@ from gradiend_core.io import atomic_dir, load_tensors, read_json, save_tensors, 
 
 # How the encoder reads a source gradient (module docstring): its direction, or the raw vector.
 INPUT_NORMALIZATIONS = ("unit", "none")
+
+# Coordinates per chunk of ``Gradiend.fused_update``: 2^18 float32 = 1 MiB per tensor, so the pass-3
+# temporaries (residual and three gradient chunks, 4 MiB) stay in the last-level cache while the
+# ~16 chunk streams go by, and n = 35M takes 135 chunks of ~10 small operations per pass. Measured
+# at n = 35.4M on a 2-core CPU: 2^16 costs ~1.5x (4x the chunks, the per-operation overhead
+# shows); 2^17..2^20 are within noise of each other. The chunk size sets only the summation order
+# of the reductions (float rounding), the same for every n.
+UPDATE_CHUNK = 1 << 18
 
 
 class Gradiend(nn.Module):
@@ -107,16 +128,162 @@ class Gradiend(nn.Module):
         return loss
 
     @torch.no_grad()
-    def flip_sign(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def fused_update(
+        self,
+        source: torch.Tensor | Sequence[torch.Tensor],
+        target: torch.Tensor | Sequence[torch.Tensor],
+        optimizer: GradiendAdamW,
+        chunk: int | None = None,
+    ) -> float:
+        """One AdamW step on MSE(dec(enc(source)), target), in place; returns the loss.
+
+        The gradients are ``closed_form_grads``'s and the update is ``torch.optim.AdamW``'s
+        (fused kernel, amsgrad and maximize off), up to float rounding; nothing is stored in
+        ``.grad``. ``source`` and ``target`` are (B, n), (n,) or B rows of n (views are read,
+        never copied). A non-finite loss is returned without touching the weights or the state.
+        ``chunk`` (coordinates per chunk, default ``UPDATE_CHUNK``) changes only float rounding.
+
+        On the CPU the chunk loop runs on one thread (restored after): with two, each of its
+        small operations is a fork-join of the threads, which costs more than the memory
+        bandwidth a second thread adds, and stalls for milliseconds per operation when the cores
+        are shared (measured: AdamW over 2^18-coordinate chunks 0.5-1 s with two threads under
+        load, 0.15 s with one).
+        """
+        n, d = self.input_dim, self.latent_dim
+        sources, targets = _rows(source, n), _rows(target, n)
+        if len(sources) != len(targets):
+            raise ValueError(f"{len(sources)} source rows but {len(targets)} target rows")
+        cpu = self.decoder_bias.device.type == "cpu"
+        threads = torch.get_num_threads()
+        if cpu:
+            torch.set_num_threads(1)
+        try:
+            chunk = max(1, min(chunk or UPDATE_CHUNK, n))
+            return self._fused_update(sources, targets, optimizer, chunk, d)
+        finally:
+            if cpu:
+                torch.set_num_threads(threads)
+
+    def _fused_update(
+        self,
+        sources: list[torch.Tensor],
+        targets: list[torch.Tensor],
+        opt: GradiendAdamW,
+        chunk: int,
+        d: int,
+    ) -> float:
+        n, batch = self.input_dim, len(sources)
+        w_e, w_d, b_d = self.encoder_weight, self.decoder_weight, self.decoder_bias
+        w_e_rows = [w_e[j] for j in range(d)]  # (n,) each, contiguous
+        starts = range(0, n, chunk)
+        dev, dt = b_d.device, b_d.dtype
+        unit = self.input_normalization == "unit"
+
+        # Pass 1: per chunk and row, ‖s_b‖² (unit only) and W_e s_b; summed in float64 below.
+        part = torch.zeros(len(starts), batch, 1 + d, device=dev, dtype=dt)
+        for ci, i in enumerate(starts):
+            for b, s in enumerate(sources):
+                s_c = s[i : i + chunk]
+                if unit:
+                    torch.dot(s_c, s_c, out=part[ci, b, 0])
+                for j in range(d):
+                    torch.dot(s_c, w_e_rows[j][i : i + chunk], out=part[ci, b, 1 + j])
+        sums = part.double().sum(0)  # (B, 1 + d)
+        if unit:
+            norm = sums[:, 0].sqrt()
+            scale = torch.where(norm > 0, 1.0 / norm, torch.ones_like(norm))  # ŝ = s * scale
+        else:
+            scale = torch.ones(batch, device=dev, dtype=torch.float64)
+        z = sums[:, 1:] * scale[:, None] + self.encoder_bias.double()
+        h = torch.tanh(z).to(dt)  # (B, d)
+        h_list = h.tolist()
+
+        residual = torch.empty(batch, min(chunk, n), device=dev, dtype=dt)
+
+        def residual_chunk(i: int, width: int) -> torch.Tensor:
+            """r = W_d h + b_d - t on coordinates [i, i + width), for every row."""
+            r = residual[:, :width]
+            for b, t in enumerate(targets):
+                torch.sub(b_d[i : i + width], t[i : i + width], out=r[b])
+                for j in range(d):
+                    r[b].add_(w_d[i : i + width, j], alpha=h_list[b][j])
+            return r
+
+        # Pass 2: per chunk and row, Σ r² (the loss) and W_dᵀ r (for ∂/∂z).
+        part = torch.zeros(len(starts), batch, 1 + d, device=dev, dtype=dt)
+        for ci, i in enumerate(starts):
+            width = min(chunk, n - i)
+            r = residual_chunk(i, width)
+            for b in range(batch):
+                torch.dot(r[b], r[b], out=part[ci, b, 0])
+                for j in range(d):
+                    torch.dot(r[b], w_d[i : i + width, j], out=part[ci, b, 1 + j])
+        sums = part.double().sum(0)  # (B, 1 + d)
+        loss = float(sums[:, 0].sum()) / (batch * n)
+        if not math.isfinite(loss):
+            return loss
+        k = 2.0 / (batch * n)  # R = k r
+        grad_z = k * sums[:, 1:] * (1 - h.double() ** 2)  # (B, d)
+        # Row weights of the chunk gradients: ∂W_d[:, j] = Σ_b k h_bj r_b, ∂b_d = Σ_b k r_b,
+        # ∂W_e[j] = Σ_b ∂z_bj ŝ_b = Σ_b (∂z_bj scale_b) s_b.
+        dec_w = [[k * h_list[b][j] for b in range(batch)] for j in range(d)]
+        bias_w = [k] * batch
+        enc_w = (grad_z * scale[:, None]).T.tolist()  # (d, B)
+
+        opt.begin_step()
+        be = "encoder_bias"
+        opt.fused_kernel(
+            [self.encoder_bias],
+            [grad_z.sum(0).to(dt)],
+            [opt.exp_avg[be]],
+            [opt.exp_avg_sq[be]],
+            [opt.step[be]],
+        )
+        # The chunked tensors: W_d, b_d and W_e row by row (each row contiguous).
+        exp_avg, exp_avg_sq = (
+            [m["decoder_weight"], m["decoder_bias"], *m["encoder_weight"]]
+            for m in (opt.exp_avg, opt.exp_avg_sq)
+        )
+        steps = [opt.step[k] for k in ("decoder_weight", "decoder_bias", *["encoder_weight"] * d)]
+        g_dec = torch.empty(min(chunk, n), d, device=dev, dtype=dt)
+        g_bias = torch.empty(min(chunk, n), device=dev, dtype=dt)
+        g_enc = torch.empty(d, min(chunk, n), device=dev, dtype=dt)
+
+        # Pass 3: per chunk, the gradients (from r, recomputed, and s), then AdamW in place.
+        for i in starts:
+            width = min(chunk, n - i)
+            r = residual_chunk(i, width)
+            g_d, g_b, g_e = g_dec[:width], g_bias[:width], g_enc[:, :width]
+            for j in range(d):
+                _weighted_sum(r, dec_w[j], g_d[:, j])
+                _weighted_sum([s[i : i + width] for s in sources], enc_w[j], g_e[j])
+            _weighted_sum(r, bias_w, g_b)
+            sl = slice(i, i + width)
+            opt.fused_kernel(
+                [w_d[sl], b_d[sl], *(w[sl] for w in w_e_rows)],
+                [g_d, g_b, *g_e],
+                [m[sl] for m in exp_avg],
+                [v[sl] for v in exp_avg_sq],
+                steps,
+            )
+        return loss
+
+    @torch.no_grad()
+    def flip_sign(self, optimizer: torch.optim.Optimizer | GradiendAdamW | None = None) -> None:
         """Exact reparametrisation h -> -h: negate W_e, b_e and W_d; b_d is kept.
 
         tanh is odd, so enc'(s) = -enc(s) and dec'(-h) = -W_d(-h) + b_d = dec(h): reconstructions
         are unchanged (the reference also negates b_d, which is not exact — §4.4, §10). AdamW's
         first moments of the flipped tensors are negated too, so the optimiser keeps its course.
+        ``optimizer`` is a ``torch.optim`` optimizer over this model's parameters or the
+        ``GradiendAdamW`` of ``fused_update``.
         """
-        for p in (self.encoder_weight, self.encoder_bias, self.decoder_weight):
+        for name in ("encoder_weight", "encoder_bias", "decoder_weight"):
+            p = getattr(self, name)
             p.neg_()
-            if optimizer is not None and p in optimizer.state and "exp_avg" in optimizer.state[p]:
+            if isinstance(optimizer, GradiendAdamW):
+                optimizer.negate_first_moment(name)
+            elif optimizer is not None and p in optimizer.state and "exp_avg" in optimizer.state[p]:
                 optimizer.state[p]["exp_avg"].neg_()
 
     def norms(self) -> dict[str, float]:
@@ -125,6 +292,78 @@ class Gradiend(nn.Module):
             "encoder_norm": float(self.encoder_weight.norm()),
             "decoder_norm": float(self.decoder_weight.norm()),
         }
+
+
+def _rows(x: torch.Tensor | Sequence[torch.Tensor], n: int) -> list[torch.Tensor]:
+    """(B, n), (n,) or a sequence of (n,) rows -> the rows, as views."""
+    if isinstance(x, torch.Tensor):
+        x = [x] if x.dim() == 1 else list(x)
+    rows = list(x)
+    for row in rows:
+        if row.shape != (n,):
+            raise ValueError(f"expected rows of {n} coordinates, got {tuple(row.shape)}")
+    return rows
+
+
+def _weighted_sum(rows, weights: list[float], out: torch.Tensor) -> None:
+    """out = Σ_b weights[b] rows[b], in place."""
+    torch.mul(rows[0], weights[0], out=out)
+    for row, w in zip(rows[1:], weights[1:], strict=True):
+        out.add_(row, alpha=w)
+
+
+class GradiendAdamW:
+    """AdamW state (first and second moments, step count) of a Gradiend's four tensors, for
+    ``Gradiend.fused_update``; the update is ``torch.optim.AdamW(fused=True)``'s own kernel, so
+    the semantics (decoupled weight decay, bias corrections, eps added to sqrt(v̂)) are torch's.
+
+    Moments live per tensor name (``encoder_weight``, ``encoder_bias``, ``decoder_weight``,
+    ``decoder_bias``), shaped like the parameter, on its device; the step is kept per tensor as
+    a float32 scalar tensor, as torch's fused AdamW keeps it.
+    """
+
+    def __init__(
+        self,
+        model: Gradiend,
+        lr: float,
+        weight_decay: float,
+        eps: float = 1e-8,
+        betas: tuple[float, float] = (0.9, 0.999),
+    ):
+        self.lr, self.weight_decay, self.eps, self.betas = lr, weight_decay, eps, betas
+        params = dict(model.named_parameters())
+        self.exp_avg = {k: torch.zeros_like(p.detach()) for k, p in params.items()}
+        self.exp_avg_sq = {k: torch.zeros_like(p.detach()) for k, p in params.items()}
+        self.step = {
+            k: torch.zeros((), dtype=torch.float32, device=p.device) for k, p in params.items()
+        }
+
+    def negate_first_moment(self, name: str) -> None:
+        """exp_avg of ``name`` -> -exp_avg (``Gradiend.flip_sign``)."""
+        self.exp_avg[name].neg_()
+
+    def begin_step(self) -> None:
+        """Count one more step for every tensor (bias corrections use the new count)."""
+        for step in self.step.values():
+            step.add_(1)
+
+    def fused_kernel(self, params, grads, exp_avg, exp_avg_sq, steps) -> None:
+        """torch's fused AdamW kernel on (chunks of) tensors; ``steps`` are not incremented."""
+        torch._fused_adamw_(
+            params,
+            grads,
+            exp_avg,
+            exp_avg_sq,
+            [],
+            steps,
+            lr=self.lr,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            amsgrad=False,
+            maximize=False,
+        )
 
 
 @dataclass(frozen=True)

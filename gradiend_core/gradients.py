@@ -26,10 +26,12 @@ from gradiend_core.base_model import BaseModel, ParamSpace, set_requires_grad
 from gradiend_core.errors import GradiendError
 from gradiend_core.feature import ClassPair
 from gradiend_core.mlm_head import MlmHead, build_masked_batch, pooled_mask_states
+from gradiend_core.row_gradients import RowGradients, membership
 from gradiend_core.runtime import progress
 from gradiend_core.tokens import (
+    SequenceBatch,
+    causal_batch,
     causal_prefix_ids,
-    left_pad,
     require_single_token,
     single_token_id,
 )
@@ -42,6 +44,10 @@ LossFn = Callable[[torch.Tensor], torch.Tensor]
 # A neutral row's next-token target sits at least this many tokens into the sentence, so the
 # prediction has some context (docs/method.md §1.6).
 NEUTRAL_MIN_PREFIX_TOKENS = 5
+
+# Validation, test and neutral rows whose one-per-row vectors share one pass (row_gradients.py);
+# the vectors equal one pass per row up to float rounding, whose bits depend on this grouping.
+ROW_BATCH = 16
 
 
 def check_objective(objective: str, base: BaseModel, head: MlmHead | None) -> None:
@@ -87,6 +93,7 @@ class GradientComputer:
         self.local = space.local_indices()
         self.size = space.size
         self._token_cache: dict[str, int] = {}
+        self.rows = RowGradients(base.model, space)
 
     # ---- targets -------------------------------------------------------------------------------
     def target_index(self, word: str) -> int:
@@ -104,24 +111,26 @@ class GradientComputer:
 
     # ---- forward passes returning loss functions -------------------------------------------------
     def _next_token_logits(self, prefixes: list[list[int]]) -> torch.Tensor:
-        """(B, V) logits of the token after each prefix (left-padded batch, last position)."""
+        """(B, V) logits of the token after each prefix (last position of each sequence of a
+        packed, or left-padded, batch: ``tokens.causal_batch``)."""
         if any(len(p) == 0 for p in prefixes):
             raise GradiendError(
                 "an example has no left context before the mask; raise data.min_left_context_words"
                 " (causal models predict from the left context)."
             )
-        ids, attn, pos = left_pad(
-            [p[-self.max_length :] for p in prefixes], self.base.tokenizer.pad_token_id
+        batch = causal_batch(
+            self.base.model,
+            [p[-self.max_length :] for p in prefixes],
+            self.base.tokenizer.pad_token_id,
         )
         dev = self.base.device
+        keep = batch.last_token_keep()
         out = self.base.model(
-            input_ids=ids.to(dev),
-            attention_mask=attn.to(dev),
-            position_ids=pos.to(dev),
-            logits_to_keep=1,
+            **batch.inputs(dev),
+            logits_to_keep=keep.to(dev) if isinstance(keep, torch.Tensor) else keep,
             use_cache=False,
         )
-        return out.logits[:, -1, :].float()
+        return batch.last_token_rows(out.logits).float()
 
     def _loss_fn(self, masked: list[str]) -> LossFn:
         tok = self.base.tokenizer
@@ -131,7 +140,7 @@ class GradientComputer:
             return lambda t: nn.functional.cross_entropy(logits, t.to(logits.device))
         if self.objective == "clm_mlm_head":
             batch = build_masked_batch(
-                tok, masked, self.mask, self.max_length, self.head.pooling_length
+                tok, masked, self.mask, self.max_length, self.head.pooling_length, self.base.model
             )
             pooled = pooled_mask_states(
                 self.base.model, batch, self.head.mask_embedding, self.head.pooling_length
@@ -254,6 +263,207 @@ class GradientComputer:
             "factual"
         ]
 
+    # ---- many rows in one pass, one vector per row (row_gradients) ----------------------------
+    def row_batch(self, masked: list[str]) -> RowBatch:
+        """The masked rows laid out for one pass whose ``forward(targets)`` returns each row's
+        loss (the mean over its masks), as ``_loss_fn`` does for one row."""
+        tok, dev = self.base.tokenizer, self.base.device
+        if self.objective == "clm_next_token":
+            prefixes = [causal_prefix_ids(tok, m, self.mask, self.max_length) for m in masked]
+            return self._next_token_rows(prefixes)
+        if self.objective == "clm_mlm_head":
+            batch = build_masked_batch(
+                tok, masked, self.mask, self.max_length, self.head.pooling_length, self.base.model
+            )
+
+            def forward() -> torch.Tensor:
+                pooled = pooled_mask_states(
+                    self.base.model, batch, self.head.mask_embedding, self.head.pooling_length
+                )
+                return self.head.classifier(pooled.float())  # (M, C)
+
+            def loss(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                owner = batch.mask_rows.to(logits.device)
+                ce = nn.functional.cross_entropy(
+                    logits, t.to(logits.device)[owner], reduction="none"
+                )
+                return _per_row_mean(ce, owner, len(masked))
+
+            return RowBatch(_row_of_tokens(batch.sequences), len(masked), forward, loss)
+        texts = [m.replace(self.mask, tok.mask_token) for m in masked]
+        enc = tok(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
+        )
+        enc = {k: v.to(dev) for k, v in enc.items()}
+        owner, cols = (enc["input_ids"] == tok.mask_token_id).nonzero(as_tuple=True)
+        if len(set(owner.tolist())) != len(masked):
+            raise GradiendError(
+                f"a masked row lost its {self.mask!r} to truncation (gradient.max_length ="
+                f" {self.max_length}); raise gradient.max_length or lower data.max_words."
+            )
+        width = enc["input_ids"].shape[1]
+
+        def forward() -> torch.Tensor:
+            return self.base.model(**enc).logits[owner, cols].float()  # (M, V)
+
+        def loss(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            ce = nn.functional.cross_entropy(logits, t.to(logits.device)[owner], reduction="none")
+            return _per_row_mean(ce, owner, len(masked))
+
+        rows_of = torch.arange(len(masked)).repeat_interleave(width)
+        return RowBatch(rows_of, len(masked), forward, loss)
+
+    def _next_token_rows(self, prefixes: list[list[int]]) -> RowBatch:
+        if any(len(p) == 0 for p in prefixes):
+            raise GradiendError(
+                "an example has no left context before the mask; raise data.min_left_context_words"
+                " (causal models predict from the left context)."
+            )
+        batch = causal_batch(
+            self.base.model,
+            [p[-self.max_length :] for p in prefixes],
+            self.base.tokenizer.pad_token_id,
+        )
+        dev = self.base.device
+        keep = batch.last_token_keep()
+
+        def forward() -> torch.Tensor:
+            out = self.base.model(
+                **batch.inputs(dev),
+                logits_to_keep=keep.to(dev) if isinstance(keep, torch.Tensor) else keep,
+                use_cache=False,
+            )
+            return batch.last_token_rows(out.logits).float()
+
+        def loss(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return nn.functional.cross_entropy(logits, t.to(logits.device), reduction="none")
+
+        return RowBatch(_row_of_tokens(batch), len(prefixes), forward, loss)
+
+    def _row_vectors_of(self, batch: RowBatch, loss_of, where: str, texts: list[str]):
+        """(R, n) from one pass; the same one-line errors as ``_backward`` for a row whose loss
+        or vector is not finite."""
+
+        def losses() -> torch.Tensor:
+            out = batch.forward()  # one pass; every loss of the rows is read from it
+            values = loss_of(lambda t: batch.loss(out, t))
+            bad = (~torch.isfinite(values)).nonzero()
+            if len(bad):
+                i = int(bad[0])
+                raise GradiendError(
+                    f"{where} {i}: the loss is {float(values[i])} for example {texts[i][:80]!r};"
+                    " check the base model weights and runtime.dtype (float32 is safest)."
+                )
+            return values
+
+        matrix = self.rows.vectors(losses, batch.row_of_token.to(self.base.device), batch.rows)
+        bad = (~torch.isfinite(matrix).all(1)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise GradiendError(
+                f"{where} {i}: the gradient has NaN/inf entries for example {texts[i][:80]!r};"
+                " check the base model weights and runtime.dtype (float32 is safest)."
+            )
+        return matrix
+
+    def rows_vectors(
+        self,
+        masked: list[str],
+        factual: list[str],
+        alternative: list[str],
+        kind: str,
+        where: str = "example",
+    ) -> torch.Tensor:
+        """(R, n): one ``kind`` vector per masked row, all rows in one pass (``RowGradients``);
+        equal to ``vectors`` called on each row alone, up to float rounding."""
+        t_f = torch.tensor([self.target_index(w) for w in factual])
+        t_a = torch.tensor([self.target_index(w) for w in alternative])
+        loss_of = {
+            "factual": lambda fwd: fwd(t_f),
+            "alternative": lambda fwd: fwd(t_a),
+            "diff": lambda fwd: fwd(t_f) - fwd(t_a),
+        }[kind]
+        return self._row_vectors_of(self.row_batch(masked), loss_of, where, masked)
+
+    def neutral_rows_vectors(self, texts: list[str], rng: random.Random) -> torch.Tensor:
+        """(R, n): ``neutral_vector`` of every text in one pass; ``rng`` makes the same draws, in
+        the same order, as calling ``neutral_vector`` on each text in turn."""
+        tok, dev = self.base.tokenizer, self.base.device
+        special = set(tok.all_special_ids)
+        targets, inputs = [], []
+        for text in texts:
+            ids = tok(text, add_special_tokens=True, truncation=True, max_length=self.max_length)[
+                "input_ids"
+            ]
+            if self.base.kind == "causal":
+                cuts = [
+                    c
+                    for c in range(min(NEUTRAL_MIN_PREFIX_TOKENS, len(ids) - 1), len(ids))
+                    if c > 0 and ids[c] not in special
+                ]
+                if not cuts:
+                    raise GradiendError(
+                        f"neutral sentence too short for a next-token target: {text[:80]!r}; raise"
+                        " data.min_words."
+                    )
+                cut = rng.choice(cuts)
+                inputs.append(ids[:cut])
+                targets.append(ids[cut])
+            else:
+                positions = [i for i, t in enumerate(ids) if t not in special]
+                if not positions:
+                    raise GradiendError(f"neutral sentence has no ordinary token: {text[:80]!r}.")
+                pos = rng.choice(positions)
+                targets.append(ids[pos])
+                inputs.append((ids[:pos] + [tok.mask_token_id] + ids[pos + 1 :], pos))
+        t = torch.tensor(targets)
+        if self.base.kind == "causal":
+            batch = self._next_token_rows(inputs)
+        else:
+            seqs = [i for i, _ in inputs]
+            width = max(len(q) for q in seqs)
+            ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            for r, q in enumerate(seqs):
+                ids[r, : len(q)], attn[r, : len(q)] = torch.tensor(q), 1
+            at = torch.tensor([p for _, p in inputs])
+
+            def forward() -> torch.Tensor:
+                logits = self.base.model(input_ids=ids.to(dev), attention_mask=attn.to(dev))
+                return logits.logits[torch.arange(len(seqs), device=dev), at.to(dev)].float()
+
+            def loss(picked: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                return nn.functional.cross_entropy(
+                    picked, target.to(picked.device), reduction="none"
+                )
+
+            rows_of = torch.arange(len(seqs)).repeat_interleave(width)
+            batch = RowBatch(rows_of, len(seqs), forward, loss)
+        return self._row_vectors_of(batch, lambda fwd: fwd(t), "neutral encoder row", texts)
+
+
+class RowBatch:
+    """A batch of rows whose losses are read one per row (``GradientComputer.row_batch``):
+    ``forward()`` runs the model once, ``loss(out, targets)`` gives each row's loss from it."""
+
+    def __init__(self, row_of_token: torch.Tensor, rows: int, forward: Callable, loss: Callable):
+        self.row_of_token, self.rows = row_of_token, rows
+        self.forward, self.loss = forward, loss
+
+
+def _row_of_tokens(batch: SequenceBatch) -> torch.Tensor:
+    """Row of every token in the flattened (B·T) order of a causal batch."""
+    if batch.packed:
+        return torch.repeat_interleave(torch.arange(len(batch.lengths)), batch.lengths)
+    width = batch.input_ids.shape[1]
+    return torch.arange(len(batch.lengths)).repeat_interleave(width)
+
+
+def _per_row_mean(losses: torch.Tensor, owner: torch.Tensor, rows: int) -> torch.Tensor:
+    """(rows,): the mean of each row's losses (a row with two masks averages them)."""
+    member = membership(owner.to(losses.device), rows, losses.dtype)
+    return (member @ losses) / member.sum(1)
+
 
 def needed_kinds(source: str, target: str) -> tuple[str, ...]:
     """The vectors a training step needs, in a fixed order (source first); 'diff' costs one
@@ -326,7 +536,24 @@ def batch_vectors(
 
 def row_vectors(computer: GradientComputer, rows: pd.DataFrame, kind: str, what: str) -> RowVectors:
     """One ``kind`` vector per masked row, stored with the row's factual class (identity rows of
-    a class outside the pair keep their class, so evaluations can group them)."""
+    a class outside the pair keep their class, so evaluations can group them).
+
+    ``ROW_BATCH`` rows share one pass (``GradientComputer.rows_vectors``) when θ's modules allow
+    it (``RowGradients.supported``); otherwise each row gets a pass of its own."""
+    if len(rows) and computer.rows.supported:
+        parts = []
+        for start in progress(range(0, len(rows), ROW_BATCH), desc=f"{what} gradients"):
+            chunk = rows.iloc[start : start + ROW_BATCH]
+            factual, alternative = chunk["factual"].tolist(), chunk["alternative"].tolist()
+            where = f"{what} example"
+            matrix = computer.rows_vectors(
+                chunk["masked"].tolist(), factual, alternative, kind, where=where
+            )
+            for i, (f, a) in enumerate(zip(factual, alternative, strict=True)):
+                require_zero_diff({kind: matrix[i]}, [f], [a], f"{where} {start + i}")
+            parts.append(matrix.cpu())
+        matrix = torch.cat(parts)
+        return RowVectors(matrix, rows["factual_class"].tolist(), rows["masked"].tolist())
     vectors = []
     rows_iter = progress(rows.itertuples(index=False), total=len(rows), desc=f"{what} gradients")
     for i, r in enumerate(rows_iter):
@@ -334,15 +561,24 @@ def row_vectors(computer: GradientComputer, rows: pd.DataFrame, kind: str, what:
         vec = computer.vectors([r.masked], [r.factual], [r.alternative], (kind,), where=where)
         require_zero_diff(vec, [r.factual], [r.alternative], where)
         vectors.append(vec[kind].cpu())
+    if not vectors:
+        return RowVectors(torch.zeros(0, computer.size), [], [])
     return RowVectors(torch.stack(vectors), rows["factual_class"].tolist(), rows["masked"].tolist())
 
 
 def neutral_vectors(computer: GradientComputer, texts: list[str], seed: int) -> RowVectors:
-    """One factual vector per neutral sentence at a seeded random position (§1.6)."""
+    """One factual vector per neutral sentence at a seeded random position (§1.6); ``ROW_BATCH``
+    sentences share a pass as in ``row_vectors``."""
     rng = random.Random(seed)
-    vectors = [computer.neutral_vector(t, rng).cpu() for t in progress(texts, desc="neutral")]
-    if not vectors:
+    if not texts:
         return RowVectors(torch.zeros(0, computer.size), [], [])
+    if computer.rows.supported:
+        parts = [
+            computer.neutral_rows_vectors(texts[start : start + ROW_BATCH], rng).cpu()
+            for start in progress(range(0, len(texts), ROW_BATCH), desc="neutral")
+        ]
+        return RowVectors(torch.cat(parts), ["neutral"] * len(texts), list(texts))
+    vectors = [computer.neutral_vector(t, rng).cpu() for t in progress(texts, desc="neutral")]
     return RowVectors(torch.stack(vectors), ["neutral"] * len(texts), list(texts))
 
 

@@ -28,7 +28,9 @@ from gradiend_core.data import require_split_rows
 from gradiend_core.errors import GradiendError
 from gradiend_core.io import load_tensors, read_json, save_tensors, write_json
 from gradiend_core.tokens import (
-    left_pad,
+    SequenceBatch,
+    causal_batch,
+    pad_left,
     require_single_token,
     single_token_id,
     tokenize_with_masks,
@@ -41,28 +43,32 @@ HEAD_INIT_STD = 0.02
 
 @dataclass(frozen=True)
 class MaskedBatch:
-    """Left-padded ids; mask positions hold a placeholder id whose embedding is replaced."""
+    """Masked texts laid out for one pass (``tokens.SequenceBatch``: packed or left-padded); mask
+    positions hold a placeholder id whose embedding is replaced."""
 
-    input_ids: torch.Tensor  # (B, T)
-    attention_mask: torch.Tensor  # (B, T)
-    position_ids: torch.Tensor  # (B, T)
-    mask_rows: torch.Tensor  # (M,)  batch row of each mask occurrence
-    mask_cols: torch.Tensor  # (M,)  position of each mask occurrence
+    sequences: SequenceBatch
+    mask_rows: torch.Tensor  # (M,)  text of each mask occurrence
+    mask_flat: torch.Tensor  # (M,)  flat token index of each mask occurrence
+    sequence_end: torch.Tensor  # (M,)  flat index one past the last token of its text
 
 
 def build_masked_batch(
-    tokenizer, texts: list[str], mask: str, max_length: int, pooling_length: int
+    tokenizer, texts: list[str], mask: str, max_length: int, pooling_length: int, model=None
 ) -> MaskedBatch:
+    """Tokenize ``texts`` (``tokenize_with_masks``) into one batch: packed when ``model`` is given
+    and keeps packed sequences apart (``tokens.causal_batch``), else left-padded."""
     encoded = [tokenize_with_masks(tokenizer, t, mask, max_length, pooling_length) for t in texts]
-    ids, attn, pos = left_pad([e[0] for e in encoded], tokenizer.pad_token_id)
-    rows, cols = [], []
-    width = ids.shape[1]
-    for i, (seq, masks) in enumerate(encoded):
-        offset = width - len(seq)
+    sequences = [e[0] for e in encoded]
+    pad = tokenizer.pad_token_id
+    batch = causal_batch(model, sequences, pad) if model is not None else pad_left(sequences, pad)
+    starts, ends = batch.flat_starts.tolist(), (batch.flat_starts + batch.lengths).tolist()
+    rows, flat, end = [], [], []
+    for i, (_, masks) in enumerate(encoded):
         for m in masks:
             rows.append(i)
-            cols.append(offset + m)
-    return MaskedBatch(ids, attn, pos, torch.tensor(rows), torch.tensor(cols))
+            flat.append(starts[i] + m)
+            end.append(ends[i])
+    return MaskedBatch(batch, torch.tensor(rows), torch.tensor(flat), torch.tensor(end))
 
 
 def mask_vector(model: nn.Module) -> torch.Tensor:
@@ -74,25 +80,27 @@ def mask_vector(model: nn.Module) -> torch.Tensor:
 def pooled_mask_states(
     model: nn.Module, batch: MaskedBatch, mask_embedding: torch.Tensor, pooling_length: int
 ) -> torch.Tensor:
-    """(M, hidden): mean of the last hidden states over [p, p+P) for each mask occurrence."""
+    """(M, hidden): mean of the last hidden states over [p, p+P) for each mask occurrence, the
+    positions past the end of its text left out."""
     device = mask_embedding.device
-    ids = batch.input_ids.to(device)
+    seq = batch.sequences
+    ids = seq.input_ids.to(device)
     embeds = model.get_input_embeddings()(ids)  # (B, T, H)
-    is_mask = torch.zeros(ids.shape, dtype=torch.bool, device=device)
-    is_mask[batch.mask_rows.to(device), batch.mask_cols.to(device)] = True
-    embeds = torch.where(is_mask.unsqueeze(-1), mask_embedding.to(embeds.dtype), embeds)
-    hidden = model.base_model(
-        inputs_embeds=embeds,
-        attention_mask=batch.attention_mask.to(device),
-        position_ids=batch.position_ids.to(device),
-    ).last_hidden_state
-    width = ids.shape[1]
+    is_mask = torch.zeros(ids.numel(), dtype=torch.bool, device=device)
+    is_mask[batch.mask_flat.to(device)] = True
+    embeds = torch.where(
+        is_mask.view(ids.shape).unsqueeze(-1), mask_embedding.to(embeds.dtype), embeds
+    )
+    inputs = seq.inputs(device)
+    del inputs["input_ids"]
+    # no cache: a cache would make the model ignore the packed position ids (tokens.py)
+    hidden = model.base_model(inputs_embeds=embeds, **inputs, use_cache=False).last_hidden_state
+    flat = hidden.reshape(-1, hidden.shape[-1])  # (B·T, H)
     offsets = torch.arange(pooling_length, device=device)
-    cols = batch.mask_cols.to(device).unsqueeze(1) + offsets  # (M, P)
-    valid = cols < width
-    cols = cols.clamp(max=width - 1)
-    rows = batch.mask_rows.to(device).unsqueeze(1).expand_as(cols)
-    gathered = hidden[rows, cols] * valid.unsqueeze(-1)  # (M, P, H)
+    cols = batch.mask_flat.to(device).unsqueeze(1) + offsets  # (M, P)
+    valid = cols < batch.sequence_end.to(device).unsqueeze(1)
+    cols = cols.clamp(max=flat.shape[0] - 1)
+    gathered = flat[cols] * valid.unsqueeze(-1)  # (M, P, H)
     return gathered.sum(1) / valid.sum(1, keepdim=True)
 
 
@@ -247,7 +255,7 @@ def pooled_features(
     feats, owners = [], []
     for start in progress(range(0, len(texts), batch_size), desc="pooled mask states"):
         batch = build_masked_batch(
-            tokenizer, texts[start : start + batch_size], mask, max_length, pooling_length
+            tokenizer, texts[start : start + batch_size], mask, max_length, pooling_length, model
         )
         feats.append(pooled_mask_states(model, batch, mask_embedding, pooling_length).float().cpu())
         owners.append(batch.mask_rows + start)

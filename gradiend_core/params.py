@@ -593,10 +593,19 @@ class EvaluateDecoderParams(Section):
         positive(INT_GE_1),
         doc="Sequences per forward pass when probabilities and the LMS are measured.",
     )
-    search: Literal["ascending", "grid"] = req(
-        doc="`ascending`: per feature factor, measure η from small to large and stop after the "
-        "first point that fails the LMS constraint (same choices as `grid` when the LMS falls "
-        "with η, about half the points); `grid`: measure every point.",
+    search: Literal["bracket", "ascending", "grid"] = req(
+        doc="Which (f, η) points are measured. `bracket`: per feature factor, a bisection over the "
+        "sorted η grid for the largest η that passes the LMS constraint, then "
+        "`evaluate_decoder.refine_steps` geometric bisections towards the next grid η (the "
+        "strengthen/weaken choice at about a third of the points, or a finer one; the balance "
+        "choice only sees those points); `ascending`: η from small to large, stopping after the "
+        "first point that fails (same choices as `grid` when the LMS falls with η, about half "
+        "the points); `grid`: every point.",
+    )
+    refine_steps: int = req(
+        non_negative("an integer >= 0"),
+        doc="`search: bracket` only: geometric bisections between the largest passing grid η and "
+        "the next one, which fails (0 = the grid's own values only); each adds one point.",
     )
 
 

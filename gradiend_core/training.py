@@ -4,8 +4,8 @@ The base-model gradient vectors come from the ``gradients`` stage (``gradiend_co
 training rows are cut once into fixed batches whose source and target vectors are stored, and a
 seed draws the order of the batches — round-robin over the transitions A→B, B→A and any identity
 classes (§1.3), each transition's batches reshuffled whenever they run out (docs/method.md §4.2).
-A step stacks ``gradiend_batch_size`` batch vectors and takes one closed-form AdamW step; no
-base-model pass happens here.
+A step takes ``gradiend_batch_size`` batch vectors and one closed-form AdamW step
+(``Gradiend.fused_update``); no base-model pass happens here.
 
 Evaluation (step 0, every ``eval_steps``, last step): Pearson correlation between enc(g_source) and
 the label on the stored validation vectors (§4.3). Below ``FLIP_THRESHOLD`` the GRADIEND is flipped
@@ -25,7 +25,7 @@ import torch
 
 from gradiend_core.errors import GradiendError
 from gradiend_core.feature import ClassPair
-from gradiend_core.gradiend import Gradiend
+from gradiend_core.gradiend import Gradiend, GradiendAdamW
 from gradiend_core.runtime import progress
 from gradiend_core.stats import pearson
 from gradiend_core.vectors import GradientStore, RowVectors
@@ -268,12 +268,10 @@ def train_gradiend(store: GradientStore, pair: ClassPair, settings, seed: int) -
     eval_set = EvalSet(store.validation, pair, source, store.validation_neutral)
     n = eval_set.matrix.shape[1]
     model = Gradiend.initialised(n, seed, input_normalization=settings.input_normalization)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=settings.learning_rate,
-        weight_decay=settings.weight_decay,
-        eps=ADAM_EPS,
-        fused=True,  # one pass over each tensor and its two moments: ~8x foreach at n = 35M
+    # The closed-form gradients and AdamW in one chunked in-place pass set (Gradiend.fused_update):
+    # the same update as closed_form_grads + torch.optim.AdamW(fused=True), ~6x cheaper at n = 35M.
+    optimizer = GradiendAdamW(
+        model, lr=settings.learning_rate, weight_decay=settings.weight_decay, eps=ADAM_EPS
     )
     per_step = settings.gradiend_batch_size
     max_steps, eval_steps = settings.max_steps, settings.eval_steps
@@ -287,13 +285,14 @@ def train_gradiend(store: GradientStore, pair: ClassPair, settings, seed: int) -
     bar = progress(range(1, max_steps + 1), desc=f"train seed {seed}")
     for step in bar:
         picked = order[(step - 1) * per_step : step * per_step]
-        loss = model.closed_form_grads(sources[picked], targets[picked])
+        # Row views, not sources[picked]: no (B, n) copy. A non-finite loss leaves the model as is.
+        loss = model.fused_update(
+            [sources[i] for i in picked], [targets[i] for i in picked], optimizer
+        )
         if not np.isfinite(loss):
             raise GradiendError(
                 f"train step {step}: the GRADIEND loss is {loss}; lower train.learning_rate."
             )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         losses.append(loss)
         if step % eval_steps == 0 or step == max_steps:
             ev = eval_set.evaluate(model, step, normalize, optimizer)

@@ -30,8 +30,12 @@ def main() -> None:
     inputs = decoder_inputs(base, examples, neutral, feature, settings, max_length)
     rows, probe, lms, lms_set = inputs.rows, inputs.probe, inputs.lms, inputs.lms_set
     classes = ClassPair.of_feature(feature).classes
-    base_point, points = decoder_grid(base, gradiend, space, probe, lms_set, settings)
-    selection = select(points, base_point, context, settings.lms_ratio)
+    # bracket: the balance goal's point is searched only when the rewrite balances (§7.3)
+    balance = params.rewrite.direction == "balance" or settings.search != "bracket"
+    base_point, points = decoder_grid(
+        base, gradiend, space, probe, lms_set, settings, balance=balance
+    )
+    selection = select(points, base_point, context, settings.lms_ratio, balance=balance)
     metrics = {
         "base": base_point,
         "selection": selection,
@@ -58,15 +62,15 @@ def main() -> None:
                 chosen["lms_ratio"],
                 chosen["constraint_met"],
             )
-    balance = selection["balance"]
-    if balance:
+    chosen = selection["balance"]
+    if chosen:
         LOG.info(
             "balance: gap %.4f -> %.4f at f=%+g, lr=%g (constraint met: %s)",
             base_point["balance_gap"],
-            balance["value"],
-            balance["feature_factor"],
-            balance["learning_rate"],
-            balance["constraint_met"],
+            chosen["value"],
+            chosen["feature_factor"],
+            chosen["learning_rate"],
+            chosen["constraint_met"],
         )
 
 

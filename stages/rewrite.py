@@ -59,6 +59,7 @@ def main() -> None:
         runtime=params.runtime,
         base_source=params.model.source,
         out_dir=rewritten_dir(name),
+        before=decoder_metrics["base"],  # the grid's base point: the same measurement, reused
     )
     write_json(pair_metrics("rewrite", name), metrics)
     LOG.info("%s; checkpoint in %s", rewrite_summary(metrics), rewritten_dir(name))

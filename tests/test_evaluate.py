@@ -17,6 +17,7 @@ from torch import nn
 from gradiend_core.block_cache import LowerBlockCache, first_edited_block
 from gradiend_core.decoder_eval import (
     balance_gap,
+    bracket_boundary,
     build_lms_set,
     build_probe_set,
     class_probabilities,
@@ -24,6 +25,7 @@ from gradiend_core.decoder_eval import (
     language_modelling_score,
     measure,
     probs_by_dataset,
+    refine_between,
     select,
     select_balance,
 )
@@ -254,13 +256,14 @@ def test_masked_lms_is_accuracy_on_fixed_positions(bert_base):
 # ---- decoder grid --------------------------------------------------------------------------------
 
 
-def grid_settings(factors, rates, search="grid", lms_ratio=0.99) -> SimpleNamespace:
+def grid_settings(factors, rates, search="grid", lms_ratio=0.99, refine_steps=0) -> SimpleNamespace:
     return SimpleNamespace(
         feature_factors=factors,
         learning_rates=rates,
         batch_size=4,
         lms_ratio=lms_ratio,
         search=search,
+        refine_steps=refine_steps,
     )
 
 
@@ -723,3 +726,122 @@ def test_ascending_search_stops_at_the_first_lms_failure_and_keeps_the_choices(c
     # the LMS falls with η), which holds here; then the choices equal the full grid's.
     assert stays_failed(-1.0) and stays_failed(1.0)
     assert select(searched, base_point, context, 0.999) == select(full, base_point, context, 0.999)
+
+
+@pytest.mark.parametrize("count", [1, 2, 5, 16])
+def test_bracket_boundary_finds_every_boundary_in_log_calls(count):
+    for boundary in range(count + 1):  # indices < boundary pass
+        calls = []
+
+        def passes(i: int, boundary: int = boundary) -> bool:
+            calls.append(i)
+            return i < boundary
+
+        assert bracket_boundary(passes, count) == (boundary - 1, boundary)
+        assert len(calls) <= int(np.ceil(np.log2(count + 1)))  # 16 points: at most 5 calls
+        assert len(set(calls)) == len(calls)
+
+
+def test_refine_between_bisects_geometrically_with_three_digits():
+    seen = []
+
+    def passes(lr: float) -> bool:
+        seen.append(lr)
+        return lr <= 0.3
+
+    settings = SimpleNamespace(refine_steps=2)
+    # sqrt(0.2 * 0.5) = 0.3162 -> 0.316 fails; sqrt(0.2 * 0.316) = 0.2514 -> 0.251 passes
+    assert refine_between(passes, 0.2, 0.5, settings) == 0.251
+    assert seen == [0.316, 0.251]
+    settings = SimpleNamespace(refine_steps=5)
+    seen.clear()
+    assert refine_between(lambda lr: seen.append(lr) or True, 1.0, 1.001, settings) == 1.0
+    assert seen == []  # 3 significant digits cannot split (1, 1.001): no point is measured
+
+
+def test_bracket_search_measures_the_boundary_and_a_finer_choice(causal_base):
+    space, gradiend, probe, lms_set = upper_block_setup(causal_base)
+    rates = [0.01, 0.1, 1.0, 10.0]  # the LMS falls with η here (see the ascending test)
+    ratio = 0.999
+    base_point, full = decoder_grid(
+        causal_base,
+        gradiend,
+        space,
+        probe,
+        lms_set,
+        grid_settings([1.0, -1.0], rates, "grid", ratio),
+    )
+    settings = grid_settings([1.0, -1.0], rates, "bracket", ratio, refine_steps=2)
+    _, searched = decoder_grid(causal_base, gradiend, space, probe, lms_set, settings)
+    floor = ratio * base_point["lms"]
+    by_key = {(p["feature_factor"], p["learning_rate"]): p for p in full}
+    context = GradiendContext(CLASSES, "alternative", "diff", "clm_next_token", "models/base")
+    grid_choice = select(full, base_point, context, ratio)
+    bracket_choice = select(searched, base_point, context, ratio)
+    bracketed = []
+    for f in (-1.0, 1.0):
+        passing = [p["lms"] >= floor for p in full if p["feature_factor"] == f]
+        assert passing == sorted(passing, reverse=True)  # the search's precondition holds here
+        last = sum(passing) - 1  # the largest passing grid η, found by hand from the full grid
+        mine = [p for p in searched if p["feature_factor"] == f]
+        on_grid = [p for p in mine if p["learning_rate"] in rates]
+        assert all(p == by_key[(f, p["learning_rate"])] for p in on_grid)  # same measurements
+        assert (f, rates[last]) in {(f, p["learning_rate"]) for p in on_grid}
+        assert len(on_grid) <= 3  # ceil(log2(4 + 1)) bisection points
+        refined = [p["learning_rate"] for p in mine if p["learning_rate"] not in rates]
+        if 0 <= last < len(rates) - 1:
+            assert len(refined) == 2
+            assert all(rates[last] < lr < rates[last + 1] for lr in refined)
+            bracketed.append(f)
+    assert bracketed  # at least one factor's boundary lies inside the grid and was refined
+    for key, chosen in grid_choice.items():
+        if key == "balance" or not chosen["constraint_met"]:
+            continue
+        mine = bracket_choice[key]
+        assert mine["constraint_met"] and mine["lms"] >= floor
+        assert mine["learning_rate"] >= chosen["learning_rate"]
+    assert select(searched, base_point, context, ratio, balance=False)["balance"] is None
+    # A balancing rewrite: each factor's passing range is walked like `ascending`, then refined.
+    _, walked = decoder_grid(causal_base, gradiend, space, probe, lms_set, settings, balance=True)
+    _, ascending = decoder_grid(
+        causal_base,
+        gradiend,
+        space,
+        probe,
+        lms_set,
+        grid_settings([1.0, -1.0], rates, "ascending", ratio),
+    )
+    on_grid = [
+        (p["feature_factor"], p["learning_rate"]) for p in walked if p["learning_rate"] in rates
+    ]
+    assert on_grid == [(p["feature_factor"], p["learning_rate"]) for p in ascending]
+    balance = select(walked, base_point, context, ratio)["balance"]
+    assert balance["value"] <= grid_choice["balance"]["value"]  # the grid's choice was measured
+
+
+def test_rewrite_reuses_the_grids_base_point_exactly(causal_base, tmp_path):
+    """The rewrite's 'before' is the decoder grid's base point read back from its metrics JSON:
+    equal to measuring the base model again, so both ways give the same rewrite record."""
+    from gradiend_core.io import read_json, write_json
+    from gradiend_core.rewrite import rewrite_checkpoint
+
+    space, gradiend, probe, lms_set = upper_block_setup(causal_base)
+    base_point, points = decoder_grid(
+        causal_base, gradiend, space, probe, lms_set, grid_settings([1.0, -1.0], [0.01])
+    )
+    write_json(tmp_path / "evaluate_decoder.json", {"base": base_point})
+    stored = read_json(tmp_path / "evaluate_decoder.json", "decoder metrics")["base"]
+    assert stored == measure(causal_base, probe, lms_set, 4)  # bit for bit, JSON floats included
+    context = GradiendContext(CLASSES, "alternative", "diff", "clm_next_token", "models/base")
+    chosen = select(points, base_point, context, 0.99)["he"]
+    kwargs = {
+        "settings": SimpleNamespace(target_class="he", direction="strengthen"),
+        "decoder": SimpleNamespace(batch_size=4, lms_ratio=0.99),
+        "runtime": SimpleNamespace(device="cpu", dtype="float32"),
+        "base_source": "tiny",
+    }
+    args = (causal_base, gradiend, space, context, chosen, probe, lms_set)
+    fresh = rewrite_checkpoint(*args, out_dir=tmp_path / "a", **kwargs)
+    reused = rewrite_checkpoint(*args, out_dir=tmp_path / "b", before=stored, **kwargs)
+    assert reused == fresh
+    assert fresh["lms_before"] == base_point["lms"] and fresh["lms_after"] != fresh["lms_before"]

@@ -332,34 +332,34 @@ def test_pooled_mask_states_pools_exactly_the_mask_and_the_next_positions(causal
         "The old man believed that [MASK] had found the lost keys in the [MASK] .",
     ]
     head = make_head(causal_base, pooling)
-    batch = build_masked_batch(tok, texts, MASK, 64, pooling)
+    batch = build_masked_batch(tok, texts, MASK, 64, pooling)  # no model: left-padded
+    seq = batch.sequences
     # Two rows, left padded; masks at the right places. Row 0 is 7 tokens (My Ġfriend Ġsaid <M>
     # Ġwas Ġtired Ġ.); row 1 is 15 (The Ġold Ġman Ġbelieved Ġthat <M> Ġhad Ġfound Ġthe Ġlost Ġkeys
     # Ġin Ġthe <M> Ġ.): the text before the second mask is right-stripped, no lone 'Ġ' piece.
     pad = tok.pad_token_id
-    assert batch.input_ids[0].tolist() == [pad] * 8 + word_ids(
+    assert seq.input_ids[0].tolist() == [pad] * 8 + word_ids(
         tok, ["My", "Ġfriend", "Ġsaid", "<pad>", "Ġwas", "Ġtired", "Ġ."]
     )
-    assert batch.input_ids[1, 11:].tolist() == word_ids(tok, ["Ġin", "Ġthe", "<pad>", "Ġ."])
+    assert seq.input_ids[1, 11:].tolist() == word_ids(tok, ["Ġin", "Ġthe", "<pad>", "Ġ."])
     assert batch.mask_rows.tolist() == [0, 1, 1]
-    width = batch.input_ids.shape[1]
+    width = seq.input_ids.shape[1]
     assert width == 15
-    assert batch.attention_mask[0].tolist() == [0] * 8 + [1] * 7
-    assert batch.mask_cols.tolist() == [8 + 3, 5, 13]
+    assert seq.attention_mask[0].tolist() == [0] * 8 + [1] * 7
+    rows, cols = [0, 1, 1], [8 + 3, 5, 13]
+    assert batch.mask_flat.tolist() == [r * width + c for r, c in zip(rows, cols, strict=True)]
+    assert batch.sequence_end.tolist() == [15, 30, 30]
     with torch.no_grad():
         got = pooled_mask_states(model, batch, head.mask_embedding, pooling)
-        embeds = model.get_input_embeddings()(batch.input_ids)
-        embeds[batch.mask_rows, batch.mask_cols] = head.mask_embedding
+        embeds = model.get_input_embeddings()(seq.input_ids)
+        embeds[rows, cols] = head.mask_embedding
         hidden = model.model(
             inputs_embeds=embeds,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
+            attention_mask=seq.attention_mask,
+            position_ids=seq.position_ids,
         ).last_hidden_state
         manual = torch.stack(
-            [
-                hidden[r, c : c + pooling].mean(0)
-                for r, c in zip(batch.mask_rows.tolist(), batch.mask_cols.tolist(), strict=True)
-            ]
+            [hidden[r, c : c + pooling].mean(0) for r, c in zip(rows, cols, strict=True)]
         )
         assert got.shape == (3, model.config.hidden_size)
         torch.testing.assert_close(got, manual, atol=1e-6, rtol=1e-5)
@@ -373,6 +373,28 @@ def test_pooled_mask_states_pools_exactly_the_mask_and_the_next_positions(causal
         assert not torch.allclose(
             got, pooled_mask_states(model, batch, head.mask_embedding, 1), atol=1e-4
         )
+
+
+def test_packed_masked_batch_keeps_texts_apart_and_cuts_windows_at_their_end(causal_base):
+    """With the model given, the texts are packed end to end; the long text goes first, so its
+    last mask's window (mask, '.') would run into the next text without the cut."""
+    tok, model = causal_base.tokenizer, causal_base.model
+    pooling = 3
+    texts = [
+        "The old man believed that [MASK] had found the lost keys in the [MASK] .",
+        "My friend said [MASK] was tired .",
+    ]
+    head = make_head(causal_base, pooling)
+    batch = build_masked_batch(tok, texts, MASK, 64, pooling, model)
+    seq = batch.sequences
+    assert seq.packed and seq.input_ids.shape == (1, 15 + 7)
+    assert seq.position_ids[0].tolist() == list(range(15)) + list(range(7))
+    assert batch.mask_rows.tolist() == [0, 0, 1] and batch.mask_flat.tolist() == [5, 13, 15 + 3]
+    assert batch.sequence_end.tolist() == [15, 15, 22]
+    with torch.no_grad():
+        got = pooled_mask_states(model, batch, head.mask_embedding, pooling)
+        alone = torch.cat([manual_pooled(causal_base, t, pooling) for t in texts])
+    torch.testing.assert_close(got, alone, atol=ATOL, rtol=1e-4)
 
 
 # ---- targets, objectives, labels -----------------------------------------------------------------

@@ -228,3 +228,38 @@ def test_feature_factor_table(source, target, strengthen_he, strengthen_she):
     assert context.strengthen_factor("she") == strengthen_she
     assert context.weaken_factor("he") == strengthen_she
     assert context.weaken_factor("she") == strengthen_he
+
+
+def test_one_gguf_parse_shares_the_reader_of_a_path_and_restores_gguf(monkeypatch):
+    import gguf
+
+    from gradiend_core.base_model import _one_gguf_parse
+
+    made = []
+
+    class CountingReader:
+        def __init__(self, path, mode="r"):
+            made.append((path, mode))
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
+    with _one_gguf_parse():
+        first = gguf.GGUFReader("a.gguf")
+        assert gguf.GGUFReader("a.gguf") is first  # the config, tokenizer and weights share it
+        assert gguf.GGUFReader("b.gguf") is not first
+    assert made == [("a.gguf", "r"), ("b.gguf", "r")]
+    assert gguf.GGUFReader is CountingReader  # restored
+
+
+def test_configure_torch_sets_threads_and_deterministic_kernels():
+    from gradiend_core.runtime import configure_torch
+
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    try:
+        torch.use_deterministic_algorithms(False)
+        configure_torch(1)
+        assert torch.get_num_threads() == 1
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=True)

@@ -18,9 +18,14 @@ from gradiend_core.probes import (
     class_word_patterns,
     continuations,
     count_mentions,
+    decode_rows,
+    eos_token_ids,
     fill,
     generation_probe,
+    nucleus,
     ranked,
+    row_seed,
+    sample_tokens,
     spread,
     stereotype_labels,
 )
@@ -67,6 +72,20 @@ def edited_causal(tiny_causal_dir):
     with torch.no_grad():
         for p in model.model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.fixture()
+def lively_causal(tiny_causal_dir):
+    """The tiny causal model with every matrix redrawn at std 0.5: its greedy continuations vary
+    from token to token (the initial weights just repeat the last prompt token), so a wrong
+    position, mask or cache entry shows up in the generated ids."""
+    model = load_base_model(tiny_causal_dir)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.model.parameters():
+            if p.dim() == 2:
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
     return model
 
 
@@ -137,24 +156,210 @@ def test_fill_replaces_only_the_occupation_slot():
 # ---- generation ----------------------------------------------------------------------------------
 
 
-def test_sampling_is_seeded_per_call_and_greedy_is_deterministic(causal_base):
-    settings = generation_settings(max_new_tokens=8)
-    prompt = "The nurse said that"
+# Prompts of different lengths (so the batch is left-padded), one with a word outside the
+# vocabulary.
+PROMPTS = [
+    "The nurse said that",
+    "My brother told me that the old man",
+    "The doctor",
+    "The carpenter wrote that",
+]
 
-    def sampled(seed: int) -> list[str]:
-        return continuations(causal_base, prompt, settings, sample=True, n=3, seed=seed)
 
-    first = sampled(0)
+def reference_greedy(base, prompt: str, steps: int) -> list[int]:
+    """Greedy decoding by hand: one prompt, no padding, no cache; each step runs the whole
+    sequence and takes the arg-max of the last position, until ``steps`` tokens or the model's
+    end-of-sequence token (kept)."""
+    tok = base.tokenizer
+    ids = list(tok(prompt, add_special_tokens=True)["input_ids"])
+    eos = base.model.generation_config.eos_token_id
+    new = []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = base.model(input_ids=torch.tensor([ids + new]), use_cache=False).logits
+            new.append(int(logits[0, -1].argmax()))
+            if new[-1] == eos:
+                break
+    return new
+
+
+def test_batched_greedy_equals_unbatched_uncached_reference(lively_causal):
+    settings = generation_settings(max_new_tokens=8, samples=2)
+    tok = lively_causal.tokenizer
+    expected = [reference_greedy(lively_causal, p, 8) for p in PROMPTS]
+    assert len({len(tok(p)["input_ids"]) for p in PROMPTS}) > 1  # the batch really is padded
+    texts = continuations(lively_causal, PROMPTS, settings, seeds=[0, 1, 2, 3])
+    assert [len(t) for t in texts] == [3] * len(PROMPTS)  # greedy, then two samples
+    assert [t[0] for t in texts] == [tok.decode(e, skip_special_tokens=True) for e in expected]
+    rows = [list(tok(p)["input_ids"]) for p in PROMPTS]
+    assert decode_rows(lively_causal, rows, [None] * len(rows), settings) == expected
+
+
+def test_sampled_rows_do_not_depend_on_the_rest_of_the_batch(lively_causal):
+    settings = generation_settings(max_new_tokens=10, samples=3)
+    seeds = [7, 8, 9, 10]
+    full = continuations(lively_causal, PROMPTS, settings, seeds)
+    alone = continuations(lively_causal, PROMPTS[2:3], settings, seeds[2:3])
+    reordered = continuations(lively_causal, PROMPTS[::-1], settings, seeds[::-1])
+    assert alone[0] == full[2]
+    assert reordered[::-1] == full
+    fewer = continuations(lively_causal, PROMPTS, generation_settings(max_new_tokens=10), seeds)
+    assert [t[:3] for t in fewer] == [t[:3] for t in full]  # sample 3 added, 0 and 1 unchanged
+    # One row by hand: its own generator, seeded row_seed(9, 1), the batch of that row alone.
+    tok = lively_causal.tokenizer
+    gen = torch.Generator().manual_seed(row_seed(9, 1))
+    ids = decode_rows(lively_causal, [list(tok(PROMPTS[2])["input_ids"])], [gen], settings)
+    assert tok.decode(ids[0], skip_special_tokens=True) == full[2][2]
+
+
+def test_sampling_is_seeded_and_leaves_the_global_generator_alone(lively_causal):
+    settings = generation_settings(max_new_tokens=8, samples=3)
+    first = continuations(lively_causal, PROMPTS, settings, seeds=[0, 1, 2, 3])
     torch.rand(5)  # whatever the global generator did in between ...
-    assert sampled(0) == first  # ... the same seed gives the same text
-    assert len(first) == 3 and len(set(first)) > 1  # three different samples of one call
-    assert sampled(1) != first
     state = torch.get_rng_state()
-    sampled(2)
-    assert torch.equal(torch.get_rng_state(), state)  # the global generator is left alone
-    greedy = continuations(causal_base, prompt, settings, sample=False, n=1, seed=0)
-    assert greedy == continuations(causal_base, prompt, settings, sample=False, n=1, seed=9)
-    assert len(greedy) == 1 and greedy[0].strip()
+    again = continuations(lively_causal, PROMPTS, settings, seeds=[0, 1, 2, 3])
+    assert torch.equal(torch.get_rng_state(), state)  # ... is neither used nor changed
+    assert again == first  # the same seeds give the same text, byte for byte
+    assert all(len(set(t[1:])) > 1 for t in first)  # different samples of one prompt
+    assert continuations(lively_causal, PROMPTS, settings, seeds=[1, 2, 3, 4]) != first
+    assert (row_seed(0, 1), row_seed(2, 3), row_seed(-1, 0)) == (1, 2 * 2**16 + 3, 2**32 - 2**16)
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    # Token ids 0..4 with probabilities 0.15, 0.5, 0.05, 0.3, 0 (an impossible token).
+    p = torch.tensor([0.15, 0.5, 0.05, 0.3, 0.0])
+    logits = torch.log(p)[None]
+
+    def kept(temperature: float, top_p: float) -> list[int]:
+        probs, order = nucleus(logits, temperature, top_p)
+        assert probs.sum().item() == pytest.approx(1.0)
+        return order[0][probs[0] > 0].tolist()
+
+    assert kept(1.0, 0.4) == [1]  # 0.5 alone reaches 0.4
+    assert kept(1.0, 0.5) == [1]  # ... and exactly 0.5
+    assert kept(1.0, 0.75) == [1, 3]  # 0.5 + 0.3
+    assert kept(1.0, 0.9) == [1, 3, 0]  # 0.95
+    assert kept(1.0, 0.97) == [1, 3, 0, 2]
+    assert kept(1.0, 1.0) == [1, 3, 0, 2]  # everything with a probability
+    assert kept(1.0, 1e-9) == [1]  # never empty
+    probs, _ = nucleus(logits, 1.0, 0.75)
+    assert probs[0, :2].tolist() == pytest.approx([0.5 / 0.8, 0.3 / 0.8])  # renormalized
+    # Temperature first: at T = 2 the probabilities go as sqrt(p): 0.379, 0.293, 0.207, 0.120.
+    assert kept(2.0, 0.75) == [1, 3, 0]
+    # Ties keep the lower id first.
+    probs, order = nucleus(torch.zeros(1, 4), 1.0, 0.5)
+    assert order[0][probs[0] > 0].tolist() == [0, 1]
+
+
+def test_nucleus_from_a_few_candidates_equals_a_full_sort_by_hand(monkeypatch):
+    import gradiend_core.probes as probes
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=gen) * torch.tensor([[0.5], [1], [2], [4], [8], [0]])
+    logits[0, [3, 7, 11]] = logits[0].max()  # a three-way tie at the top
+    for candidates in (2, 7, 1024):  # grows 2 -> 8 -> 32 -> 50 for the flat rows
+        monkeypatch.setattr(probes, "NUCLEUS_CANDIDATES", candidates)
+        for top_p in (0.31, 0.87, 0.999):  # no exact boundary of the uniform row
+            probs, ids = nucleus(logits, 1.0, top_p)
+            for row in range(len(logits)):
+                p = logits[row].softmax(-1).tolist()
+                order = sorted(range(50), key=lambda t: (-p[t], t))
+                kept, total = [], 0.0
+                for t in order:
+                    if kept and total >= top_p:
+                        break
+                    kept.append(t)
+                    total += p[t]
+                got = ids[row][probs[row] > 0].tolist()
+                assert got == kept, (candidates, top_p, row)
+                expected = [p[t] / total for t in kept]
+                assert probs[row, : len(kept)].tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_sample_tokens_draws_inside_the_nucleus_by_inverse_cdf():
+    logits = torch.log(torch.tensor([[0.15, 0.5, 0.05, 0.3], [0.7, 0.1, 0.1, 0.1]]))
+    draws = torch.stack(
+        [
+            sample_tokens(
+                logits,
+                1.0,
+                0.75,
+                [torch.Generator().manual_seed(s), torch.Generator().manual_seed(s + 1)],
+            )
+            for s in range(0, 400, 2)
+        ]
+    )
+    assert set(draws[:, 0].tolist()) == {1, 3}
+    assert set(draws[:, 1].tolist()) == {0, 1}  # 0.7, then 0.1 of the tied ids 1, 2, 3
+    assert (draws[:, 0] == 1).float().mean().item() == pytest.approx(0.625, abs=0.1)
+    # One uniform number per row: u < 0.625 gives the most likely token, else the second.
+    for s in range(5):
+        u = torch.rand((), generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+        expected = 1 if u.item() < 0.5 / 0.8 else 3
+        draw = sample_tokens(logits[:1], 1.0, 0.75, [torch.Generator().manual_seed(s)])
+        assert draw.tolist() == [expected]
+
+
+class ForceEos:
+    """lm_head hook: from the ``after``-th forward call on (0 = prefill), every row in ``rows``
+    (all rows for None) puts a huge logit on the end-of-sequence token; counts the calls."""
+
+    def __init__(self, model, eos: int, after: int, rows: list[int] | None):
+        self.eos, self.after, self.rows, self.calls = eos, after, rows, 0
+        self.handle = model.model.lm_head.register_forward_hook(self)
+
+    def __call__(self, module, inputs, output):
+        if self.calls >= self.after:
+            output = output.clone()
+            rows = slice(None) if self.rows is None else self.rows
+            output[rows, :, self.eos] += 1e4
+        self.calls += 1
+        return output
+
+
+def test_rows_stop_at_the_end_of_sequence_token(lively_causal):
+    tok = lively_causal.tokenizer
+    eos = tok.convert_tokens_to_ids("</s>")
+    assert eos_token_ids(lively_causal) == [eos]
+    settings = generation_settings(max_new_tokens=8, samples=1)
+    rows = [list(tok(p)["input_ids"]) for p in PROMPTS[:2]]
+    expected = [reference_greedy(lively_causal, p, 8) for p in PROMPTS[:2]]
+    assert eos not in expected[0] + expected[1] and len(expected[1]) == 8
+    # Row 0 is forced to end at its third new token; row 1 and row 2 (prompt 0 again, not forced)
+    # run the full length.
+    hook = ForceEos(lively_causal, eos, after=2, rows=[0])
+    try:
+        out = decode_rows(lively_causal, [rows[0], rows[1], rows[0]], [None] * 3, settings)
+    finally:
+        hook.handle.remove()
+    assert out[0] == [*expected[0][:2], eos]  # nothing after the end-of-sequence token
+    assert out[1:] == [expected[1], expected[0]] and hook.calls == 8  # prefill + 7 steps
+    # When every row, sampled ones included, has ended, decoding stops: prefill, then 2 steps.
+    gens = [None, torch.Generator().manual_seed(0)]
+    hook = ForceEos(lively_causal, eos, after=2, rows=None)
+    try:
+        out = decode_rows(lively_causal, [rows[0], rows[1]], gens, settings)
+        calls, hook.calls = hook.calls, 0
+        texts = continuations(lively_causal, PROMPTS[:2], settings, seeds=[0, 1])
+    finally:
+        hook.handle.remove()
+    assert [r[-1] for r in out] == [eos, eos] and len(out[0]) == 3 and len(out[1]) <= 3
+    assert out[0] == [*expected[0][:2], eos] and calls == hook.calls == 3
+    # The end-of-sequence token is special, so it leaves no trace in the text.
+    assert [t[0] for t in texts] == [tok.decode(e[:2]) for e in expected]
+    # The generation config may list several end tokens; the tokenizer's is the fallback.
+    config = lively_causal.model.generation_config
+    saved = config.eos_token_id
+    try:
+        # the first word token that the greedy continuation emits only from its k-th token on
+        k = next(i for i, t in enumerate(expected[0]) if i > 0 and t not in expected[0][:i])
+        config.eos_token_id = [eos, expected[0][k]]
+        assert eos_token_ids(lively_causal) == [eos, expected[0][k]]
+        assert decode_rows(lively_causal, [rows[0]], [None], settings) == [expected[0][: k + 1]]
+        config.eos_token_id = None
+        assert eos_token_ids(lively_causal) == [eos]
+    finally:
+        config.eos_token_id = saved
 
 
 def test_generation_probe_counts_the_table_and_is_reproducible(causal_base, edited_causal):

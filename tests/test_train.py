@@ -138,6 +138,7 @@ class FakeComputer:
         self.table = table
         self.size = next(iter(table.values()))["factual"].numel()
         self.base = SimpleNamespace(device=torch.device("cpu"))
+        self.rows = SimpleNamespace(supported=False)  # one row at a time, through ``vectors``
 
     def vectors(self, masked, factual, alternative, kinds, where="x"):
         return {k: torch.stack([self.table[m][k] for m in masked]).mean(0) for k in kinds}
@@ -655,3 +656,48 @@ def test_unit_input_keeps_large_neutral_gradients_near_zero():
         assert result.best.correlation > 0.95 and result.model.input_normalization == mode
         results[mode] = float(result.model.encode(neutral)[:, 0].abs().mean())
     assert results["none"] > 0.5 and results["unit"] < 0.3, results
+
+
+def test_training_steps_are_closed_form_grads_with_torch_fused_adamw(monkeypatch):
+    """train_gradiend's update (Gradiend.fused_update, here with 64-coordinate chunks over
+    n = 1000, a remainder of 40) replays as today's path: closed_form_grads on the scheduled
+    batches + torch.optim.AdamW(fused=True), with the same evaluations and the sign flip at step 9
+    negating torch's first moments. Losses and the tracked norms agree up to float rounding."""
+    monkeypatch.setattr("gradiend_core.gradiend.UPDATE_CHUNK", 64)
+    _, table, train, val = pair_table(1000, torch.Generator().manual_seed(2))
+    config = settings(
+        learning_rate=0.02,
+        weight_decay=0.01,
+        gradiend_batch_size=2,
+        max_steps=12,
+        eval_steps=3,
+        input_normalization="unit",
+    )
+    store = store_for(FakeComputer(table), train, val, config)
+    result = train_gradiend(store, PAIR, config, 0)
+    assert [e.step for e in result.evaluations if e.flipped] == [9]
+
+    model = Gradiend.initialised(1000, 0, input_normalization="unit")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=0.02, weight_decay=0.01, eps=1e-8, fused=True
+    )
+    eval_set = EvalSet(store.validation, PAIR, "alternative")
+    order = batch_schedule(store.train.classes, PAIR, 24, 0)
+    sources, targets = store.train.vectors["alternative"], store.train.vectors["diff"]
+    evaluations = [eval_set.evaluate(model, 0, True, optimizer)]
+    losses = []
+    for step in range(1, 13):
+        picked = order[2 * (step - 1) : 2 * step]
+        losses.append(model.closed_form_grads(sources[picked], targets[picked]))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 3 == 0:
+            evaluations.append(eval_set.evaluate(model, step, True, optimizer))
+    assert result.losses == pytest.approx(losses, rel=1e-5)
+    for got, want in zip(result.evaluations, evaluations, strict=True):
+        assert (got.step, got.flipped) == (want.step, want.flipped)
+        assert got.correlation == pytest.approx(want.correlation, abs=1e-6)
+        assert got.encoder_norm == pytest.approx(want.encoder_norm, rel=1e-5)
+        assert got.decoder_norm == pytest.approx(want.decoder_norm, rel=1e-5)
+        for cls in CLASSES:
+            assert got.mean_by_class[cls] == pytest.approx(want.mean_by_class[cls], abs=1e-5)
