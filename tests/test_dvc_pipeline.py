@@ -153,12 +153,17 @@ def test_probe_metrics_have_the_names_outside_scripts_read(repo):
 
 def test_balance_rewrite_reads_the_balance_choice_and_the_probes_follow(repo, tmp_path):
     """``rewrite.direction: balance`` (target class ignored) applies the grid's 'balance' point;
-    the probe stages then run on that checkpoint."""
+    the probe stages then run on that checkpoint. evaluate_decoder reads rewrite.direction (the
+    bracket search looks for the balance point only then), so DVC reruns it first, and so does
+    this test; the rewrite alone, on the strengthen run's grid, stops with a one-line error."""
     work = copy_repo(repo, tmp_path / "balance")
     params = read_params(work)
     params["rewrite"] = {"target_class": "she", "direction": "balance"}
     write_params(work, params)
-    for module in ("stages.rewrite", "stages.probe_generation", "stages.probe_bias"):
+    stale = run_module("stages.rewrite", "--pair", P, cwd=work)
+    assert stale.returncode == 2 and "rewrite.direction = balance" in stale.stderr
+    modules = ("stages.evaluate_decoder", "stages.rewrite", "stages.probe_generation")
+    for module in (*modules, "stages.probe_bias"):
         result = run_module(module, "--pair", P, cwd=work)
         assert result.returncode == 0, f"{module}:\n{result.stderr[-3000:]}"
     chosen = json.loads((work / f"metrics/evaluate_decoder/{P}.json").read_text())["selection"]

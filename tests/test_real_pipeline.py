@@ -60,6 +60,13 @@ def _metrics(clone: Path, name: str) -> dict:
 
 
 def test_fresh_clone_reproduces_committed_lock(fresh_clone):
+    from scripts.lock_platform import RECORD, platform
+
+    recorded = json.loads(RECORD.read_text(encoding="utf-8"))
+    if platform() != recorded:
+        # Float kernels differ between vector ISAs (AVX2 vs AVX-512) and torch builds, so the
+        # bytes only reproduce on the platform that made the lock (RELIABILITY.md).
+        pytest.skip(f"dvc.lock was made on {recorded}, this machine is {platform()}")
     diff = subprocess.run(
         ["git", "diff", "--stat", "--exit-code", "dvc.lock", "metrics", "plots"],
         cwd=fresh_clone,
