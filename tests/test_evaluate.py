@@ -733,7 +733,7 @@ def test_bracket_boundary_finds_every_boundary_in_log_calls(count):
     for boundary in range(count + 1):  # indices < boundary pass
         calls = []
 
-        def passes(i: int, boundary: int = boundary) -> bool:
+        def passes(i: int, boundary: int = boundary, calls: list = calls) -> bool:
             calls.append(i)
             return i < boundary
 
