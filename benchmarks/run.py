@@ -265,6 +265,8 @@ def main() -> None:
                 "n": space.size,
                 "step_s": result["step_s"],
                 "floor_s": result["floor_s"],
+                "phase_extract_s": result["phase_extract_s"],
+                "phase_gradiend_update_s": result["phase_gradiend_update_s"],
                 "peak_rss_gb": peak_rss_gb(),
                 "peak_gpu_gb": peak_gpu_gb(),
             }

@@ -190,7 +190,9 @@ class GradientComputer:
                 )
             grads = torch.autograd.grad(loss, self.tensors, retain_graph=i < len(kinds) - 1)
             vector = self._flatten(grads)
-            if not torch.isfinite(vector).all():
+            # One sum instead of an elementwise test (a 35M-entry vector: ~10 ms vs ~150 ms): a
+            # NaN or inf entry makes the sum non-finite, and so would only an absurd overflow.
+            if not torch.isfinite(vector.sum()):
                 raise GradiendError(
                     f"{where}: the {kind} gradient has NaN/inf entries for example"
                     f" {texts[0][:80]!r}; check the base model weights and runtime.dtype (float32"
@@ -357,7 +359,7 @@ class GradientComputer:
             return values
 
         matrix = self.rows.vectors(losses, batch.row_of_token.to(self.base.device), batch.rows)
-        bad = (~torch.isfinite(matrix).all(1)).nonzero()
+        bad = (~torch.isfinite(matrix.sum(1))).nonzero()  # as in _backward
         if len(bad):
             i = int(bad[0])
             raise GradiendError(
