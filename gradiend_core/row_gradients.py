@@ -142,7 +142,8 @@ class RowGradients:
     def supported(self) -> bool:
         """Every tensor of θ sits in a module of a known kind, at or above θ's lowest block (a
         tensor below it, such as BERT's embedding LayerNorm, is not on the backward path that
-        starts there; checked once with a three-token pass)."""
+        starts there), applied to one vector per token (Gemma's per-head q/k norms see one per
+        head and token); checked once with a three-token pass."""
         if not self._static:
             return False
         if self._reaches is None:
@@ -165,9 +166,12 @@ class RowGradients:
         finally:
             for p in params:
                 p.requires_grad_(True)
-        return all(
-            store[name] and all(slot["reached"] for slot in store[name]) for name in self.parts
-        )
+        tokens = ids.numel()
+
+        def per_token(slot) -> bool:  # one input row per token (not per head, as Gemma's q_norm)
+            return slot["reached"] and slot["x"].numel() == tokens * slot["x"].shape[-1]
+
+        return all(store[name] and all(map(per_token, store[name])) for name in self.parts)
 
     @contextmanager
     def _recording(self, store: dict):

@@ -116,3 +116,38 @@ def test_embeddings_in_theta_fall_back_to_one_pass_per_row(causal_base):
     for i, (m, f, a) in enumerate(ROWS[:2]):
         single = computer.vectors([m], [f], [a], ("alternative",))["alternative"]
         assert torch.equal(stored.matrix[i], single)  # the per-row path itself
+
+
+def test_per_head_norms_fall_back_and_the_rest_of_gemma_is_supported():
+    """Gemma 3 normalises queries and keys per head (q_norm, k_norm see one vector per head and
+    token): with them in θ every row gets a pass of its own; without them the rows share one."""
+    from types import SimpleNamespace
+
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from gradiend_core.base_model import select_param_space
+
+    config = Gemma3TextConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+
+    def space(exclude):
+        gradient = SimpleNamespace(
+            include=["*"], exclude=exclude, exclude_embeddings=True, first_layer=-1, last_layer=None
+        )
+        return select_param_space(model, gradient)
+
+    assert any("q_norm" in n for n in space([]).names)
+    assert not RowGradients(model, space([])).supported
+    rows = RowGradients(model, space(["*q_norm*", "*k_norm*"]))
+    assert rows.supported
+    assert set(rows.norm_rules.values()) == {("rms", "1+w", 1e-6)}  # Gemma's (1 + w) scale
