@@ -113,24 +113,7 @@ class GradientComputer:
     def _next_token_logits(self, prefixes: list[list[int]]) -> torch.Tensor:
         """(B, V) logits of the token after each prefix (last position of each sequence of a
         packed, or left-padded, batch: ``tokens.causal_batch``)."""
-        if any(len(p) == 0 for p in prefixes):
-            raise GradiendError(
-                "an example has no left context before the mask; raise data.min_left_context_words"
-                " (causal models predict from the left context)."
-            )
-        batch = causal_batch(
-            self.base.model,
-            [p[-self.max_length :] for p in prefixes],
-            self.base.tokenizer.pad_token_id,
-        )
-        dev = self.base.device
-        keep = batch.last_token_keep()
-        out = self.base.model(
-            **batch.inputs(dev),
-            logits_to_keep=keep.to(dev) if isinstance(keep, torch.Tensor) else keep,
-            use_cache=False,
-        )
-        return batch.last_token_rows(out.logits).float()
+        return self._next_token_rows(prefixes).forward()
 
     def _loss_fn(self, masked: list[str]) -> LossFn:
         tok = self.base.tokenizer
@@ -223,13 +206,10 @@ class GradientComputer:
         }
         return self._backward(losses, tuple(kinds), where, masked)
 
-    def neutral_vector(self, text: str, rng: random.Random) -> torch.Tensor:
-        """Factual gradient of one randomly chosen ordinary token of a neutral sentence (label 0
-        rows).
-
-        Causal models (both clm objectives, §2.5): cut at a position >= NEUTRAL_MIN_PREFIX_TOKENS
-        and predict the next token. Masked LMs: mask one random non-special token and predict it.
-        """
+    def _neutral_draw(self, text: str, rng: random.Random):
+        """A neutral sentence's seeded target (§1.6): causal models cut at a random position >=
+        NEUTRAL_MIN_PREFIX_TOKENS and predict the next token, ``(prefix ids, next id)``; masked
+        LMs mask one random ordinary token, ``((ids with the mask, its position), its id)``."""
         tok = self.base.tokenizer
         ids = tok(text, add_special_tokens=True, truncation=True, max_length=self.max_length)[
             "input_ids"
@@ -247,20 +227,29 @@ class GradientComputer:
                     " data.min_words."
                 )
             cut = rng.choice(cuts)
-            logits = self._next_token_logits([ids[:cut]])
-            target = torch.tensor([ids[cut]])
-            loss = lambda: nn.functional.cross_entropy(logits, target.to(logits.device))  # noqa: E731
+            return ids[:cut], ids[cut]
+        positions = [i for i, t in enumerate(ids) if t not in special]
+        if not positions:
+            raise GradiendError(f"neutral sentence has no ordinary token: {text[:80]!r}.")
+        pos = rng.choice(positions)
+        return (ids[:pos] + [tok.mask_token_id] + ids[pos + 1 :], pos), ids[pos]
+
+    def neutral_vector(self, text: str, rng: random.Random) -> torch.Tensor:
+        """Factual gradient of one randomly chosen ordinary token of a neutral sentence (label 0
+        rows).
+
+        Causal models (both clm objectives, §2.5): cut at a position >= NEUTRAL_MIN_PREFIX_TOKENS
+        and predict the next token. Masked LMs: mask one random non-special token and predict it.
+        """
+        source, token = self._neutral_draw(text, rng)
+        target = torch.tensor([token])
+        if self.base.kind == "causal":
+            logits = self._next_token_logits([source])
         else:
-            positions = [i for i, t in enumerate(ids) if t not in special]
-            if not positions:
-                raise GradiendError(f"neutral sentence has no ordinary token: {text[:80]!r}.")
-            pos = rng.choice(positions)
-            target = torch.tensor([ids[pos]])
-            masked_ids = torch.tensor(
-                [ids[:pos] + [tok.mask_token_id] + ids[pos + 1 :]], device=self.base.device
-            )
-            logits = self.base.model(input_ids=masked_ids).logits[0, pos : pos + 1].float()
-            loss = lambda: nn.functional.cross_entropy(logits, target.to(logits.device))  # noqa: E731
+            masked_ids, pos = source
+            ids = torch.tensor([masked_ids], device=self.base.device)
+            logits = self.base.model(input_ids=ids).logits[0, pos : pos + 1].float()
+        loss = lambda: nn.functional.cross_entropy(logits, target.to(logits.device))  # noqa: E731
         return self._backward({"factual": loss}, ("factual",), "neutral encoder row", [text])[
             "factual"
         ]
@@ -391,33 +380,8 @@ class GradientComputer:
         """(R, n): ``neutral_vector`` of every text in one pass; ``rng`` makes the same draws, in
         the same order, as calling ``neutral_vector`` on each text in turn."""
         tok, dev = self.base.tokenizer, self.base.device
-        special = set(tok.all_special_ids)
-        targets, inputs = [], []
-        for text in texts:
-            ids = tok(text, add_special_tokens=True, truncation=True, max_length=self.max_length)[
-                "input_ids"
-            ]
-            if self.base.kind == "causal":
-                cuts = [
-                    c
-                    for c in range(min(NEUTRAL_MIN_PREFIX_TOKENS, len(ids) - 1), len(ids))
-                    if c > 0 and ids[c] not in special
-                ]
-                if not cuts:
-                    raise GradiendError(
-                        f"neutral sentence too short for a next-token target: {text[:80]!r}; raise"
-                        " data.min_words."
-                    )
-                cut = rng.choice(cuts)
-                inputs.append(ids[:cut])
-                targets.append(ids[cut])
-            else:
-                positions = [i for i, t in enumerate(ids) if t not in special]
-                if not positions:
-                    raise GradiendError(f"neutral sentence has no ordinary token: {text[:80]!r}.")
-                pos = rng.choice(positions)
-                targets.append(ids[pos])
-                inputs.append((ids[:pos] + [tok.mask_token_id] + ids[pos + 1 :], pos))
+        draws = [self._neutral_draw(text, rng) for text in texts]
+        inputs, targets = [d[0] for d in draws], [d[1] for d in draws]
         t = torch.tensor(targets)
         if self.base.kind == "causal":
             batch = self._next_token_rows(inputs)
