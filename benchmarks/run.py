@@ -85,6 +85,14 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def timed_once(fn) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
 def bench_step(params, base, space: ParamSpace, batch, steps: int) -> dict:
     t = params.train
     kinds = needed_kinds(t.source, t.target)
@@ -126,12 +134,19 @@ def bench_step(params, base, space: ParamSpace, batch, steps: int) -> dict:
         phases["extract"].append(b - a)
         phases["gradiend"].append(c - b)
 
-    floor_s = timed(floor, steps)
-    full_s = timed(full, steps)
+    # Floor and step alternate, so drift of a shared 2-core machine hits both alike; the ratio is
+    # the median of the per-repeat ratios.
+    floor()
+    full()
+    floors, fulls = [], []
+    for _ in range(steps):
+        floors.append(timed_once(floor))
+        fulls.append(timed_once(full))
     return {
-        "floor_s": floor_s,
-        "step_s": full_s,
-        "floor_ratio": full_s / floor_s,
+        "floor_s": statistics.median(floors),
+        "step_s": statistics.median(fulls),
+        "floor_ratio": statistics.median(s / f for s, f in zip(fulls, floors, strict=True)),
+        "repeats": steps,
         "phase_extract_s": statistics.median(phases["extract"]),
         "phase_gradiend_update_s": statistics.median(phases["gradiend"]),
         "n": space.size,
@@ -257,7 +272,7 @@ def main() -> None:
     sizes = [(float(x), None) for x in args.scaling.split(",")] + [(1.0, "backbone")]
     for frac, whole in sizes:
         space = backbone if whole else full if frac >= 1.0 else full.with_kept(top_k(scores, frac))
-        result = bench_step(params, base, space, batch, max(2, args.steps // 2))
+        result = bench_step(params, base, space, batch, args.steps)
         scaling.append(
             {
                 "theta": "all blocks" if whole else "gradient.first_layer..",
@@ -265,6 +280,8 @@ def main() -> None:
                 "n": space.size,
                 "step_s": result["step_s"],
                 "floor_s": result["floor_s"],
+                "ratio": result["floor_ratio"],
+                "repeats": result["repeats"],
                 "phase_extract_s": result["phase_extract_s"],
                 "phase_gradiend_update_s": result["phase_gradiend_update_s"],
                 "peak_rss_gb": peak_rss_gb(),
@@ -287,9 +304,7 @@ def main() -> None:
         **grid,
         **decoder,
         "unpruned_floor_ratio": next(
-            s["step_s"] / s["floor_s"]
-            for s in scaling
-            if s["topk"] >= 1.0 and "all" not in s["theta"]
+            s["ratio"] for s in scaling if s["topk"] >= 1.0 and "all" not in s["theta"]
         ),
         "peak_rss_gb": peak_rss_gb(),
         "peak_gpu_gb": peak_gpu_gb(),

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from stages._worker import delegate
+
+delegate()  # `python -m stages.x` runs in the warm worker when one is reachable (stages/_worker.py)
+
 
 def stage_args(doc: str | None, seed: bool = False) -> argparse.Namespace:
     """``--pair a-b`` (the contrasted pair of a per-pair stage, from ``feature.pairs``) and, for

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -112,13 +113,13 @@ def dvc(
     return result
 
 
-def start_dvc(repo: Path, *args: str) -> subprocess.Popen:
+def start_dvc(repo: Path, *args: str, **env: str) -> subprocess.Popen:
     """``dvc <args>`` in the background, in its own process group (so it can be killed with its
-    stage)."""
+    stage); ``env``: extra environment variables."""
     return subprocess.Popen(
         dvc_cmd(*args),
         cwd=repo,
-        env=stage_env(),
+        env=stage_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -198,11 +199,11 @@ _PENDING: dict[str, tuple[Path, subprocess.Popen]] = {}
 _FAILED: dict[str, str] = {}
 
 
-def start_tiny_repo(name: str, root: Path, params: dict) -> None:
+def start_tiny_repo(name: str, root: Path, params: dict, **env: str) -> None:
     """Create repository ``name``; start its ``dvc repro`` in the background (once a session)."""
     if name not in _BUILT and name not in _PENDING and name not in _FAILED:
         repo = make_repo(root / name, params)
-        _PENDING[name] = (repo, start_dvc(repo, "repro"))
+        _PENDING[name] = (repo, start_dvc(repo, "repro", **env))
 
 
 def tiny_repo(name: str, root: Path, params: dict) -> Path:
@@ -227,16 +228,38 @@ def finished_tiny_repos(tmp_path_factory, model_dir: Path, corpus: Path) -> tupl
     each).
 
     The first is shared by the pipeline and bad-input tests (copy it before changing anything); the
-    second exists to check that a run from scratch reproduces the first byte for byte.
+    second exists to check that a run from scratch reproduces the first byte for byte. The first
+    runs its stages in the warm worker (stages/_worker.py), the second each in a fresh
+    interpreter, so the comparison also pins that the worker changes no output.
     """
     from conftest import tiny_params
 
     root = tmp_path_factory.getbasetemp() / "tiny_repos"
     root.mkdir(exist_ok=True)
     params = tiny_params(model_dir, corpus)
-    start_tiny_repo("first", root, params)
-    start_tiny_repo("second", root, params)
+    start_tiny_repo("first", root, params, GRADIEND_WORKER="1")
+    start_tiny_repo("second", root, params, GRADIEND_WORKER="0")
     return tiny_repo("first", root, params), tiny_repo("second", root, params)
+
+
+def wait_for_stage_processes(root: Path, timeout: float = 60) -> None:
+    """Wait until no process works inside ``root``: a stage run by the warm worker is the worker's
+    child, not dvc's, and outlives a killed dvc by the moment the worker needs to notice."""
+    root = root.resolve()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = []
+        for proc in Path("/proc").iterdir():
+            try:
+                cwd = Path(os.readlink(proc / "cwd"))
+            except OSError:
+                continue
+            if cwd == root or root in cwd.parents:
+                busy.append(proc.name)
+        if not busy:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"processes still working in {root}: {busy}")
 
 
 def error_line(stderr: str) -> str:

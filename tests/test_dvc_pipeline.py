@@ -36,6 +36,7 @@ from pipeline_support import (
     run_shell,
     start_dvc,
     temp_leftovers,
+    wait_for_stage_processes,
     write_params,
 )
 
@@ -501,6 +502,7 @@ def test_a_stage_interrupted_while_writing_leaves_no_partial_output_and_repro_re
         ],
         sig,
     )
+    wait_for_stage_processes(work)
     leftovers = temp_leftovers(work)
     if sig == signal.SIGINT:
         assert leftovers == [], "Ctrl-C must clean up the temporaries of atomic writes"
