@@ -15,7 +15,7 @@ The worker imports no project code, so edits to ``gradiend_core`` or ``stages`` 
 once. It is keyed by the interpreter, this file's content, the installed packages (the mtimes of
 ``sys.path``) and the environment variables that libraries read at import time (``HF_*``,
 ``TORCH*``, ``OMP_*``, ...): change any and a new worker starts. It exits after
-``GRADIEND_WORKER_IDLE`` seconds (default 120) without a stage. ``GRADIEND_WORKER=0`` turns it
+``GRADIEND_WORKER_IDLE`` seconds (default 300) without a stage. ``GRADIEND_WORKER=0`` turns it
 off (every stage runs in its own interpreter); ``GRADIEND_WORKER=1`` uses it even where an NVIDIA
 device is present (off by default there: forking after CUDA initialisation is unsafe, and GPU
 stages are dominated by compute, not start-up). Any failure to reach or start a worker before the
@@ -337,7 +337,7 @@ def serve(path: str) -> None:
     if not path.endswith(SUFFIX):
         raise SystemExit(f"worker: refusing socket path {path!r} (must end in {SUFFIX})")
     sys.path[:] = [p for p in sys.path if p not in ("", "/")]
-    idle_s = float(os.environ.get("GRADIEND_WORKER_IDLE", "120"))
+    idle_s = float(os.environ.get("GRADIEND_WORKER_IDLE", "300"))
     started = time.monotonic()
     _preload()
     print(f"worker {os.getpid()}: ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
