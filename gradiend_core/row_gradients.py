@@ -10,7 +10,9 @@ by row:
 
     ∂L_r/∂W[o, i] = Σ_{t ∈ r} δ_t[o] · x_t[i],        ∂L_r/∂b[o] = Σ_{t ∈ r} δ_t[o]
 
-and for a norm y = w ⊙ x̂ (+ b), or (1 + w) ⊙ x̂ (Gemma), ∂L_r/∂w = Σ_{t ∈ r} δ_t ⊙ x̂_t. Only the
+and for a norm y = w ⊙ x̂ (+ b), or (1 + w) ⊙ x̂ (Gemma), ∂L_r/∂w = Σ_{t ∈ r} δ_t ⊙ x̂_t, summed
+also over the heads when the norm sees one vector per head and token (Gemma 3's and Qwen 3's
+query/key norms; the token axis of their input is read off a probe pass). Only the
 kept coordinates of θ are formed (a gather of two columns per coordinate), never a weight-gradient
 matrix: θ's weights do not require grad during the pass, the backward starts at the hidden states
 entering θ's lowest block, and module hooks record x_t and δ_t.
@@ -36,6 +38,7 @@ from gradiend_core.block_cache import block_list, first_edited_block
 # as one small matrix product per row instead (e.g. a tensor kept whole).
 GATHER_LIMIT = 1 << 24
 NORM_RTOL, NORM_ATOL = 1e-5, 1e-6
+PROBE_TOKENS = 5  # the probe pass's length: a per-head input's token axis is the one of this size
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class RowGradients:
         self.parts: dict[str, list[_Part]] = {}
         self.kinds: dict[str, str] = {}
         self.norm_rules: dict[str, tuple[str, str, float]] = {}
+        self.token_axis: dict[str, int] = {}  # per-head norms: the token axis of their input
         self.first = first_edited_block(space)
         found = block_list(model)
         self._static = self.first is not None and found is not None
@@ -142,8 +146,9 @@ class RowGradients:
     def supported(self) -> bool:
         """Every tensor of θ sits in a module of a known kind, at or above θ's lowest block (a
         tensor below it, such as BERT's embedding LayerNorm, is not on the backward path that
-        starts there), applied to one vector per token (Gemma's per-head q/k norms see one per
-        head and token); checked once with a three-token pass."""
+        starts there), applied to one vector per token, or, for a norm, to one per head and
+        token with a token axis that can be told apart (Gemma 3's q/k norms); checked once with a
+        five-token pass."""
         if not self._static:
             return False
         if self._reaches is None:
@@ -154,7 +159,7 @@ class RowGradients:
         store: dict = {}
         device = next(self.model.parameters()).device
         vocab = self.model.get_input_embeddings().weight.shape[0]
-        ids = torch.tensor([[1 % vocab, 2 % vocab, 3 % vocab]], device=device)
+        ids = torch.tensor([[i % vocab for i in range(1, PROBE_TOKENS + 1)]], device=device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         for p in params:
             p.requires_grad_(False)
@@ -167,11 +172,26 @@ class RowGradients:
             for p in params:
                 p.requires_grad_(True)
         tokens = ids.numel()
-
-        def per_token(slot) -> bool:  # one input row per token (not per head, as Gemma's q_norm)
-            return slot["reached"] and slot["x"].numel() == tokens * slot["x"].shape[-1]
-
-        return all(store[name] and all(map(per_token, store[name])) for name in self.parts)
+        for name in self.parts:
+            axes = set()
+            for slot in store[name]:
+                x = slot["x"]
+                if not slot["reached"]:
+                    return False
+                if x.numel() == tokens * x.shape[-1]:
+                    axes.add(None)  # one input vector per token
+                    continue
+                # one vector per head and token: the token axis must be the only one of its size
+                found = [i for i, size in enumerate(x.shape[1:-1], 1) if size == tokens]
+                if self.kinds[name] != "norm" or x.shape[0] != 1 or len(found) != 1:
+                    return False
+                axes.add(found[0])
+            if len(axes) != 1:
+                return False
+            axis = axes.pop()
+            if axis is not None:
+                self.token_axis[name] = axis
+        return True
 
     @contextmanager
     def _recording(self, store: dict):
@@ -238,12 +258,12 @@ class RowGradients:
         device = row_of_token.device
         out = torch.zeros(rows, self.size, dtype=torch.float32, device=device)
         for name, parts in self.parts.items():
+            axis = self.token_axis.get(name)
             for slot in store[name]:
-                x = slot["x"].reshape(-1, slot["x"].shape[-1]).float()
                 delta = slot.get("delta")
                 if delta is None:  # the output did not reach any loss
                     continue
-                delta = delta.reshape(-1, delta.shape[-1]).float()
+                x, delta = (_per_token(t, axis) for t in (slot["x"], delta))
                 for part in parts:
                     self._add(out, part, name, x, delta, row_of_token, rows)
         return out
@@ -252,6 +272,8 @@ class RowGradients:
         kind = self.kinds[name]
         span = slice(part.offset, part.offset + part.count)
         if part.param == "bias":
+            if delta.dim() == 3:  # per-head norm: sum over the heads
+                delta = delta.sum(1)
             cols = delta if part.index is None else delta[:, part.index]
             out[:, span] += _per_row(cols, row_of, rows)
             return
@@ -259,6 +281,8 @@ class RowGradients:
             rule, _, eps = self.norm_rules[name]
             hat = _normalised(x, rule, eps)
             prod = delta * hat
+            if prod.dim() == 3:  # per-head norm: sum over the heads
+                prod = prod.sum(1)
             cols = prod if part.index is None else prod[:, part.index]
             out[:, span] += _per_row(cols, row_of, rows)
             return
@@ -273,6 +297,15 @@ class RowGradients:
             at = row_of == r
             full = (a[at].T @ b[at]).reshape(-1)
             out[r, span] += full if part.index is None else full[part.index]
+
+
+def _per_token(t: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """(B·T, D) float rows in the flattened token order, or (B·T, heads, D) for a module that sees
+    one vector per head and token (``axis``: the token axis of its input)."""
+    if axis is None:
+        return t.reshape(-1, t.shape[-1]).float()
+    t = t.movedim(axis, 1)
+    return t.reshape(t.shape[0] * t.shape[1], -1, t.shape[-1]).float()
 
 
 def _per_row(values: torch.Tensor, row_of: torch.Tensor, rows: int) -> torch.Tensor:

@@ -118,36 +118,58 @@ def test_embeddings_in_theta_fall_back_to_one_pass_per_row(causal_base):
         assert torch.equal(stored.matrix[i], single)  # the per-row path itself
 
 
-def test_per_head_norms_fall_back_and_the_rest_of_gemma_is_supported():
-    """Gemma 3 normalises queries and keys per head (q_norm, k_norm see one vector per head and
-    token): with them in θ every row gets a pass of its own; without them the rows share one."""
-    from types import SimpleNamespace
-
+def gemma_base(tokenizer):
+    """A tiny Gemma 3 on the fixtures' tokenizer: per-head q/k norms, (1 + w) norm scales."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from gradiend_core.base_model import select_param_space
+    from gradiend_core.base_model import BaseModel
 
     config = Gemma3TextConfig(
-        vocab_size=64,
+        vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
         max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     model = Gemma3ForCausalLM(config).eval()
+    with torch.no_grad():  # non-trivial norm weights (Gemma initialises them to 0, i.e. scale 1)
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0.0, 0.3)
+    return BaseModel(model=model, tokenizer=tokenizer, kind="causal", device=torch.device("cpu"))
 
-    def space(exclude):
-        gradient = SimpleNamespace(
-            include=["*"], exclude=exclude, exclude_embeddings=True, first_layer=-1, last_layer=None
-        )
-        return select_param_space(model, gradient)
 
-    assert any("q_norm" in n for n in space([]).names)
-    assert not RowGradients(model, space([])).supported
-    rows = RowGradients(model, space(["*q_norm*", "*k_norm*"]))
-    assert rows.supported
-    assert set(rows.norm_rules.values()) == {("rms", "1+w", 1e-6)}  # Gemma's (1 + w) scale
+@pytest.mark.parametrize("kind", ["alternative", "diff"])
+def test_per_head_norms_share_the_batched_pass_and_equal_single_passes(causal_base, kind):
+    """Gemma 3 normalises queries and keys per head (q_norm and k_norm see one vector per head and
+    token, their input laid out (batch, heads, tokens, head_dim)): their rows are summed over the
+    heads, and every row's vector still equals the row's own autograd pass."""
+    base = gemma_base(causal_base.tokenizer)
+    space = full_space(base, first_layer=-1)
+    assert any("q_norm" in n for n in space.names) and any("k_norm" in n for n in space.names)
+    computer = GradientComputer(base, space, "clm_next_token", MASK, 32)
+    assert computer.rows.supported
+    assert set(computer.rows.norm_rules.values()) == {("rms", "1+w", 1e-6)}  # Gemma's (1 + w)
+    per_head = {n.rsplit(".", 1)[-1] for n in computer.rows.token_axis}
+    assert per_head == {"q_norm", "k_norm"}
+    assert set(computer.rows.token_axis.values()) == {2}  # (batch, heads, tokens, head_dim)
+    assert_rows_equal_single_passes(computer, kind)
+    k_norm = next(p for p in computer.rows.parts if p.endswith("k_norm"))
+    span = computer.rows.parts[k_norm][0]
+    batched = computer.rows_vectors(*(list(c) for c in zip(*ROWS, strict=True)), kind)
+    assert float(batched[0, span.offset : span.offset + span.count].abs().max()) > 0
+
+
+def test_a_per_head_norm_with_an_ambiguous_token_axis_falls_back(causal_base, monkeypatch):
+    """When the probe's length equals the number of heads, the token axis cannot be told apart:
+    every row then gets a pass of its own."""
+    import gradiend_core.row_gradients as rg
+
+    base = gemma_base(causal_base.tokenizer)
+    monkeypatch.setattr(rg, "PROBE_TOKENS", base.model.config.num_attention_heads)
+    assert not RowGradients(base.model, full_space(base, first_layer=-1)).supported
