@@ -34,12 +34,18 @@ from examples.run import collect, record, remove_committed_outputs, write_table
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "work" / "pipeline"
 RESULTS = REPO / "benchmarks" / "results"
+# The stages' warm worker (stages/_worker.py) gets a socket folder of its own, emptied first, so the
+# default run pays the worker's start like a fresh machine does; the experiments after it find the
+# worker warm, as a user's next `dvc exp run` does within its idle time.
+WORKER_DIR = WORK.parent / "pipeline-worker"
 FINISHED = re.compile(r"stage (\S+) finished in ([\d.]+) s")
 
 
 def run(cmd: list[str], cwd: Path) -> float:
     """Run ``cmd``; return its wall time in seconds (the output goes to this terminal)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", GRADIEND_WORKER_DIR=str(WORKER_DIR)
+    )
     env["PATH"] = str(REPO / ".venv" / "bin") + os.pathsep + env.get("PATH", "")
     start = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, env=env, check=True)
@@ -65,6 +71,7 @@ def train_seconds(clone: Path) -> list[float]:
 
 def main() -> int:
     shutil.rmtree(WORK, ignore_errors=True)
+    shutil.rmtree(WORKER_DIR, ignore_errors=True)  # a worker left from an earlier run exits
     WORK.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "clone", "-q", str(REPO), str(WORK)], check=True)
     params = yaml.safe_load((WORK / "params.yaml").read_text(encoding="utf-8"))
