@@ -498,7 +498,61 @@ def _not_applicable(kind: str, what: str) -> dict:
     }
 
 
-def generation_probe(base: BaseModel, rewritten: BaseModel, feature, settings) -> GenerationProbe:
+def generation_prompts(settings) -> tuple[dict[str, float], list[tuple[str, str]], list[int]]:
+    """(stereotype labels, (occupation, prompt) pairs, prompt seeds) of the generation probe."""
+    labels = stereotype_labels(settings.occupations, "probe_generation.occupations")
+    jobs = spread(labels, settings.num_occupations)
+    prompts = [(job, fill(t, job)) for job in jobs for t in settings.templates]
+    return labels, prompts, [settings.seed + index for index in range(len(prompts))]
+
+
+def _checked_reference(reference: dict, prompts: list[str], what: str) -> dict:
+    """The base side of a probe, computed by stage probe_base for exactly these prompts."""
+    if reference.get("prompts") != prompts:
+        raise GradiendError(
+            f"models/probe_base: the base model's {what} was made for other prompts than the"
+            " current params give; rerun 'dvc repro' (stage probe_base)."
+        )
+    return reference
+
+
+def _require_base(base: BaseModel | None, what: str) -> None:
+    if base is None:
+        raise GradiendError(
+            f"models/probe_base has no base-model side of the {what} probe; rerun 'dvc repro'"
+            " (stage probe_base)."
+        )
+
+
+def base_reference(base: BaseModel, feature, generation, bias, max_length: int) -> dict:
+    """The base model's side of both behavioural probes, which every rewrite of the same base
+    model compares against (stage probe_base): ``generation`` = the prompts and their
+    continuations (``continuations``), ``bias`` = the prompts and P(A), P(B) after each
+    (``prompt_class_probabilities``; float32 values, which JSON keeps exactly). A probe that does
+    not apply (a masked LM, a pair without ``probe_bias.male_class``) gets None."""
+    out: dict = {"generation": None, "bias": None}
+    if base.kind != "causal":
+        return out
+    _, pairs, seeds = generation_prompts(generation)
+    prompts = [p for _, p in pairs]
+    out["generation"] = {
+        "prompts": prompts,
+        "texts": continuations(base, prompts, generation, seeds),
+    }
+    if bias.male_class in ClassPair.of_feature(feature).classes:
+        prompts = bias_prompts(feature, bias)[2]
+        probs = prompt_class_probabilities(base, prompts, feature, max_length, bias.batch_size)
+        out["bias"] = {"prompts": prompts, "probabilities": probs.tolist()}
+    return out
+
+
+def generation_probe(
+    base: BaseModel | None,
+    rewritten: BaseModel,
+    feature,
+    settings,
+    reference: dict | None = None,
+) -> GenerationProbe:
     """Generate from neutral occupation prompts with both models and count class words.
 
     Prompts: the ``num_occupations`` occupations of ``spread`` over the ``occupations`` job list,
@@ -513,25 +567,32 @@ def generation_probe(base: BaseModel, rewritten: BaseModel, feature, settings) -
     0.02), so read them next to samples.md.
 
     Args:
+        base: the base model; None when ``reference`` holds its side.
         feature: ``feature`` params (``classes``; ``targets`` are the counted words).
         settings: ``probe_generation`` params.
+        reference: ``base_reference(...)["generation"]``: the base model's continuations, made
+            once per base model by stage probe_base and reused by every rewrite.
     """
     classes = feature.classes
     patterns = class_word_patterns(feature.targets)
     columns = ["prompt_index", "occupation", "stereotype", "prompt", "mode", "sample", "model"]
     columns += ["continuation", *[f"mentions_{c}" for c in classes]]
-    if base.kind != "causal":
-        metrics = _not_applicable(base.kind, "generation probe")
+    kind = rewritten.kind
+    if kind != "causal":
+        metrics = _not_applicable(kind, "generation probe")
         metrics["rates"] = {m: dict.fromkeys(classes) for m in MODELS}
         table = pd.DataFrame(columns=columns)
         return GenerationProbe(metrics, table, samples_markdown(table, metrics, classes, {}))
-    labels = stereotype_labels(settings.occupations, "probe_generation.occupations")
-    jobs = spread(labels, settings.num_occupations)
-    prompts = [(job, fill(t, job)) for job in jobs for t in settings.templates]
-    seeds = [settings.seed + index for index in range(len(prompts))]
+    labels, prompts, seeds = generation_prompts(settings)
+    texts = [p for _, p in prompts]
+    if reference is None:
+        _require_base(base, "generation")
+        base_texts = continuations(base, texts, settings, seeds)
+    else:
+        base_texts = _checked_reference(reference, texts, "continuations")["texts"]
     texts_by_model = {
-        name: continuations(model, [p for _, p in prompts], settings, seeds)
-        for name, model in zip(MODELS, (base, rewritten), strict=True)
+        "base": base_texts,
+        "rewritten": continuations(rewritten, texts, settings, seeds),
     }
     rows = []
     for index, (job, prompt) in enumerate(prompts):
@@ -559,7 +620,7 @@ def generation_probe(base: BaseModel, rewritten: BaseModel, feature, settings) -
     texts = {m: by_model[m]["continuation"].tolist() for m in MODELS}
     metrics = {
         "applicable": True,
-        "model_kind": base.kind,
+        "model_kind": kind,
         "prompts": len(prompts),
         "continuations_per_model": len(by_model["base"]),
         "rates": {m: {c: _rate(by_model[m], c) for c in classes} for m in MODELS},
@@ -622,8 +683,30 @@ class BiasProbe:
         )
 
 
+def bias_prompts(feature, settings) -> tuple[dict[str, float], list[str], list[str]]:
+    """(labels towards class A per occupation, occupations in stereotype order, prompts in
+    occupation-major order) of the bias probe."""
+    a = ClassPair.of_feature(feature).classes[0]
+    labels = stereotype_labels(settings.occupations, "probe_bias.occupations")
+    unknown = [e for e in settings.examples if e not in labels]
+    if unknown:
+        raise GradiendError(
+            f"params.yaml: 'probe_bias.examples' names {unknown[0]!r}, which is not in the "
+            f"{settings.occupations!r} job list; choose listed occupations (e.g. nurse) or []."
+        )
+    probed = set(spread(labels, settings.num_occupations)) | set(settings.examples)
+    jobs = ranked({job: labels[job] for job in probed})
+    towards_a = {j: labels[j] if settings.male_class == a else 1.0 - labels[j] for j in jobs}
+    return towards_a, jobs, [fill(t, job) for job in jobs for t in settings.templates]
+
+
 def bias_probe(
-    base: BaseModel, rewritten: BaseModel, feature, settings, max_length: int
+    base: BaseModel | None,
+    rewritten: BaseModel,
+    feature,
+    settings,
+    max_length: int,
+    reference: dict | None = None,
 ) -> BiasProbe:
     """Next-token P(A), P(B) after occupation prompts, and their correlation with the stereotype.
 
@@ -644,17 +727,21 @@ def bias_probe(
     of a few hundredths are still noise.
 
     Args:
+        base: the base model; None when ``reference`` holds its side.
         feature: ``feature`` params (``classes``, ``targets``, ``mask``).
         settings: ``probe_bias`` params.
         max_length: ``gradient.max_length`` (most prompt tokens kept).
+        reference: ``base_reference(...)["bias"]``: the base model's probabilities, made once per
+            base model by stage probe_base and reused by every rewrite.
     """
     classes = ClassPair.of_feature(feature).classes
     a, b = classes
-    if base.kind != "causal" or settings.male_class not in classes:
+    kind = rewritten.kind
+    if kind != "causal" or settings.male_class not in classes:
         # A masked LM cannot continue a prompt; a pair without the male class (e.g. she-they in
         # a suite) has no orientation for the man/woman stereotype labels.
-        metrics = _not_applicable(base.kind, "bias probe")
-        if base.kind == "causal":
+        metrics = _not_applicable(kind, "bias probe")
+        if kind == "causal":
             metrics["reason"] = (
                 f"The bias probe orients man/woman stereotype labels by probe_bias.male_class "
                 f"{settings.male_class!r}, which is not in the pair {classes}."
@@ -662,22 +749,12 @@ def bias_probe(
         metrics["stereotype_correlation"] = dict.fromkeys(MODELS)
         table = pd.DataFrame(columns=["occupation", "stereotype", "gap_base", "gap_rewritten"])
         return BiasProbe(metrics, table)
-    labels = stereotype_labels(settings.occupations, "probe_bias.occupations")
-    unknown = [e for e in settings.examples if e not in labels]
-    if unknown:
-        raise GradiendError(
-            f"params.yaml: 'probe_bias.examples' names {unknown[0]!r}, which is not in the "
-            f"{settings.occupations!r} job list; choose listed occupations (e.g. nurse) or []."
-        )
-    probed = set(spread(labels, settings.num_occupations)) | set(settings.examples)
-    jobs = ranked({job: labels[job] for job in probed})
-    towards_a = {j: labels[j] if settings.male_class == a else 1.0 - labels[j] for j in jobs}
-    prompts = [fill(t, job) for job in jobs for t in settings.templates]
+    towards_a, jobs, prompts = bias_prompts(feature, settings)
     table = pd.DataFrame({"occupation": jobs, "stereotype": [towards_a[j] for j in jobs]})
     stereotype = torch.tensor(table["stereotype"].to_numpy(), dtype=torch.float64)
     metrics: dict = {
         "applicable": True,
-        "model_kind": base.kind,
+        "model_kind": kind,
         "occupations": len(jobs),
         "prompts": len(prompts),
     }
@@ -685,7 +762,14 @@ def bias_probe(
         k: {} for k in ("stereotype_correlation", "mean_gap", "mean_abs_gap", "mean_probability")
     }
     for name, model in zip(MODELS, (base, rewritten), strict=True):
-        probs = prompt_class_probabilities(model, prompts, feature, max_length, settings.batch_size)
+        if name == "base" and reference is not None:
+            stored = _checked_reference(reference, prompts, "bias probabilities")
+            probs = torch.tensor(stored["probabilities"], dtype=torch.float32)
+        else:
+            _require_base(model, "bias")
+            probs = prompt_class_probabilities(
+                model, prompts, feature, max_length, settings.batch_size
+            )
         per_job = probs.double().view(len(jobs), len(settings.templates), 2).mean(1)
         gap = per_job[:, 0] - per_job[:, 1]
         table[f"p_{a}_{name}"] = per_job[:, 0].numpy()

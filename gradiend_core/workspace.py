@@ -22,6 +22,7 @@ GRADIENT_STORE = Path("models/gradients")
 GRADIENDS = Path("models/gradiend")
 SELECTED = Path("models/selected")
 REWRITTEN = Path("models/rewritten")
+PROBE_BASE = Path("models/probe_base")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 
@@ -48,6 +49,11 @@ def selected_dir(pair: str) -> Path:
 
 def rewritten_dir(pair: str) -> Path:
     return REWRITTEN / pair
+
+
+def probe_base_file(pair: str) -> Path:
+    """The base model's side of the pair's behavioural probes (stage probe_base@<pair>)."""
+    return PROBE_BASE / f"{pair}.json"
 
 
 def pair_metrics(stage: str, pair: str) -> Path:

@@ -52,7 +52,7 @@ CASES: dict[str, Case] = {}
 PER_PAIR = {
     f"stages.{s}"
     for s in ("pre_prune", "gradients", "train", "evaluate_decoder", "rewrite", "probe_generation")
-} | {"stages.probe_bias"}
+} | {"stages.probe_bias", "stages.probe_base"}
 PAIR = ("--pair", "he-she")
 
 

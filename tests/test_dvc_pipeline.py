@@ -91,6 +91,7 @@ def test_every_stage_ran_and_the_lock_has_exactly_those_stages(repo):
         "evaluate_encoder",
         f"evaluate_decoder@{P}",
         f"rewrite@{P}",
+        f"probe_base@{P}",
         f"probe_generation@{P}",
         f"probe_bias@{P}",
         "compare",

@@ -3,6 +3,7 @@ prompts, seeded generation, and the bias probe's correlation against a hand comp
 
 from __future__ import annotations
 
+import json
 import sys
 from types import SimpleNamespace
 
@@ -12,8 +13,10 @@ import torch
 
 from gradiend_core.base_model import load_base_model
 from gradiend_core.errors import GradiendError
+from gradiend_core.io import dumps_json
 from gradiend_core.probes import (
     DEFINITIONALLY_GENDERED,
+    base_reference,
     bias_probe,
     class_word_patterns,
     continuations,
@@ -394,6 +397,51 @@ def test_generation_probe_counts_the_table_and_is_reproducible(causal_base, edit
         != shifted.table[sampled]["continuation"].tolist()
     )
     assert "| The " in probe.markdown and "## Greedy continuations" in probe.markdown
+
+
+def test_the_stored_base_side_gives_the_probes_exactly_what_the_base_model_gives(
+    causal_base, edited_causal
+):
+    """Stage probe_base stores the base model's continuations and probabilities as JSON once; the
+    probes of a rewrite read them instead of running the base model, with identical results."""
+    gen, bias = generation_settings(), bias_settings()
+    stored = json.loads(dumps_json(base_reference(causal_base, FEATURE, gen, bias, 32)))
+    direct = generation_probe(causal_base, edited_causal, FEATURE, gen)
+    reused = generation_probe(None, edited_causal, FEATURE, gen, stored["generation"])
+    assert reused.table.equals(direct.table) and reused.metrics == direct.metrics
+    assert reused.markdown == direct.markdown
+    base_rows = direct.table[direct.table["model"] == "base"]["continuation"].tolist()
+    assert sum(stored["generation"]["texts"], []) == base_rows
+    direct_bias = bias_probe(causal_base, edited_causal, FEATURE, bias, 32)
+    reused_bias = bias_probe(None, edited_causal, FEATURE, bias, 32, stored["bias"])
+    assert reused_bias.table.equals(direct_bias.table)
+    assert reused_bias.metrics == direct_bias.metrics
+    # Made for other prompts (params changed without rerunning probe_base): a one-line error.
+    with pytest.raises(GradiendError, match="stage probe_base"):
+        generation_probe(
+            None,
+            edited_causal,
+            FEATURE,
+            generation_settings(num_occupations=2),
+            stored["generation"],
+        )
+    with pytest.raises(GradiendError, match="stage probe_base"):
+        bias_probe(
+            None, edited_causal, FEATURE, bias_settings(num_occupations=10), 32, stored["bias"]
+        )
+    with pytest.raises(GradiendError, match="stage probe_base"):
+        bias_probe(None, edited_causal, FEATURE, bias, 32, None)
+
+
+def test_the_base_side_of_a_probe_that_does_not_apply_is_none(causal_base, bert_base):
+    assert base_reference(bert_base, FEATURE, generation_settings(), bias_settings(), 32) == {
+        "generation": None,
+        "bias": None,
+    }
+    other = base_reference(
+        causal_base, FEATURE, generation_settings(), bias_settings(male_class="they"), 32
+    )
+    assert other["bias"] is None and len(other["generation"]["texts"]) == 6
 
 
 def test_generation_probe_greedy_only(causal_base):
