@@ -108,7 +108,7 @@ def class_probabilities(
         chunk = probe.inputs[start : start + batch_size]
         if base.kind == "causal":
             batch = causal_batch(base.model, chunk, base.tokenizer.pad_token_id)
-            inputs = {**batch.inputs(dev), "logits_to_keep": _on(batch.last_token_keep(), dev)}
+            inputs = {**batch.inputs(dev), "logits_to_keep": batch.last_token_keep(dev)}
             if cache is None:
                 logits = base.model(**inputs, use_cache=False).logits
             else:
@@ -150,11 +150,6 @@ def probs_by_dataset(probe: ProbeSet, probs: torch.Tensor) -> dict[str, dict[str
         rows = torch.tensor([c == d for c in probe.row_class])
         out[d] = {c: float(probs[rows, j].mean()) for j, c in enumerate(probe.classes)}
     return out
-
-
-def _on(keep, device):
-    """``logits_to_keep`` on the model's device (an int stays an int)."""
-    return keep.to(device) if isinstance(keep, torch.Tensor) else keep
 
 
 # ---- language-modelling score ----------------------------------------------------------------

@@ -29,7 +29,6 @@ from gradiend_core.mlm_head import MlmHead, build_masked_batch, pooled_mask_stat
 from gradiend_core.row_gradients import RowGradients, membership
 from gradiend_core.runtime import progress
 from gradiend_core.tokens import (
-    SequenceBatch,
     causal_batch,
     causal_prefix_ids,
     require_single_token,
@@ -131,6 +130,14 @@ class GradientComputer:
             logits = self.head.classifier(pooled.float())  # (M, C)
             rows = batch.mask_rows.to(logits.device)
             return lambda t: nn.functional.cross_entropy(logits, t.to(logits.device)[rows])
+        enc, rows, cols = self._masked_lm_inputs(masked)
+        logits = self.base.model(**enc).logits[rows, cols].float()  # (M, V)
+        return lambda t: nn.functional.cross_entropy(logits, t.to(logits.device)[rows])
+
+    def _masked_lm_inputs(self, masked: list[str]) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """A masked LM's right-padded batch of the rows, with (row, column) of every mask; a
+        row whose every mask was cut off by ``gradient.max_length`` is a one-line error."""
+        tok = self.base.tokenizer
         texts = [m.replace(self.mask, tok.mask_token) for m in masked]
         enc = tok(
             texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
@@ -142,8 +149,7 @@ class GradientComputer:
                 f"a masked row lost its {self.mask!r} to truncation (gradient.max_length ="
                 f" {self.max_length}); raise gradient.max_length or lower data.max_words."
             )
-        logits = self.base.model(**enc).logits[rows, cols].float()  # (M, V)
-        return lambda t: nn.functional.cross_entropy(logits, t.to(logits.device)[rows])
+        return enc, rows, cols
 
     # ---- gradients -------------------------------------------------------------------------------
     def _flatten(self, grads: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -258,7 +264,7 @@ class GradientComputer:
     def row_batch(self, masked: list[str]) -> RowBatch:
         """The masked rows laid out for one pass whose ``forward(targets)`` returns each row's
         loss (the mean over its masks), as ``_loss_fn`` does for one row."""
-        tok, dev = self.base.tokenizer, self.base.device
+        tok = self.base.tokenizer
         if self.objective == "clm_next_token":
             prefixes = [causal_prefix_ids(tok, m, self.mask, self.max_length) for m in masked]
             return self._next_token_rows(prefixes)
@@ -280,18 +286,8 @@ class GradientComputer:
                 )
                 return _per_row_mean(ce, owner, len(masked))
 
-            return RowBatch(_row_of_tokens(batch.sequences), len(masked), forward, loss)
-        texts = [m.replace(self.mask, tok.mask_token) for m in masked]
-        enc = tok(
-            texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
-        )
-        enc = {k: v.to(dev) for k, v in enc.items()}
-        owner, cols = (enc["input_ids"] == tok.mask_token_id).nonzero(as_tuple=True)
-        if len(set(owner.tolist())) != len(masked):
-            raise GradiendError(
-                f"a masked row lost its {self.mask!r} to truncation (gradient.max_length ="
-                f" {self.max_length}); raise gradient.max_length or lower data.max_words."
-            )
+            return RowBatch(batch.sequences.row_of_token(), len(masked), forward, loss)
+        enc, owner, cols = self._masked_lm_inputs(masked)
         width = enc["input_ids"].shape[1]
 
         def forward() -> torch.Tensor:
@@ -316,20 +312,17 @@ class GradientComputer:
             self.base.tokenizer.pad_token_id,
         )
         dev = self.base.device
-        keep = batch.last_token_keep()
 
         def forward() -> torch.Tensor:
             out = self.base.model(
-                **batch.inputs(dev),
-                logits_to_keep=keep.to(dev) if isinstance(keep, torch.Tensor) else keep,
-                use_cache=False,
+                **batch.inputs(dev), logits_to_keep=batch.last_token_keep(dev), use_cache=False
             )
             return batch.last_token_rows(out.logits).float()
 
         def loss(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return nn.functional.cross_entropy(logits, t.to(logits.device), reduction="none")
 
-        return RowBatch(_row_of_tokens(batch), len(prefixes), forward, loss)
+        return RowBatch(batch.row_of_token(), len(prefixes), forward, loss)
 
     def _row_vectors_of(self, batch: RowBatch, loss_of, where: str, texts: list[str]):
         """(R, n) from one pass; the same one-line errors as ``_backward`` for a row whose loss
@@ -415,14 +408,6 @@ class RowBatch:
     def __init__(self, row_of_token: torch.Tensor, rows: int, forward: Callable, loss: Callable):
         self.row_of_token, self.rows = row_of_token, rows
         self.forward, self.loss = forward, loss
-
-
-def _row_of_tokens(batch: SequenceBatch) -> torch.Tensor:
-    """Row of every token in the flattened (B·T) order of a causal batch."""
-    if batch.packed:
-        return torch.repeat_interleave(torch.arange(len(batch.lengths)), batch.lengths)
-    width = batch.input_ids.shape[1]
-    return torch.arange(len(batch.lengths)).repeat_interleave(width)
 
 
 def _per_row_mean(losses: torch.Tensor, owner: torch.Tensor, rows: int) -> torch.Tensor:

@@ -214,10 +214,18 @@ class SequenceBatch:
             out["attention_mask"] = self.attention_mask.to(device)
         return out
 
-    def last_token_keep(self):
-        """``logits_to_keep`` that yields each sequence's last position: the packed last indices,
-        or the last column of the left-padded rows."""
-        return self.flat_last if self.packed else 1
+    def last_token_keep(self, device=None):
+        """``logits_to_keep`` that yields each sequence's last position: the packed last indices
+        (on ``device``, the model's), or the last column of the left-padded rows."""
+        return self.flat_last.to(device) if self.packed else 1
+
+    def row_of_token(self) -> torch.Tensor:
+        """(B·T,) the sequence of every token in the flattened token axis (a padding token counts
+        for the row it pads)."""
+        rows = torch.arange(len(self.lengths))
+        if self.packed:
+            return torch.repeat_interleave(rows, self.lengths)
+        return rows.repeat_interleave(self.input_ids.shape[1])
 
     def last_token_rows(self, logits: torch.Tensor) -> torch.Tensor:
         """(R, V) from the logits of a call with ``logits_to_keep=last_token_keep()``."""

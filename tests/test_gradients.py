@@ -33,6 +33,8 @@ from gradiend_core.mlm_head import (
 )
 from gradiend_core.tokens import (
     causal_prefix_ids,
+    pack,
+    pad_left,
     prefix_before_mask,
     require_single_token,
     single_token_id,
@@ -373,6 +375,15 @@ def test_pooled_mask_states_pools_exactly_the_mask_and_the_next_positions(causal
         assert not torch.allclose(
             got, pooled_mask_states(model, batch, head.mask_embedding, 1), atol=1e-4
         )
+
+
+def test_a_batch_knows_the_row_of_every_token_and_each_rows_last_position():
+    packed = pack([[5, 6], [7, 8, 9]])
+    assert packed.row_of_token().tolist() == [0, 0, 1, 1, 1]
+    assert packed.last_token_keep("cpu").tolist() == [1, 4]  # flat index of each row's end
+    padded = pad_left([[5, 6], [7, 8, 9]], pad_id=0)  # (2, 3): [0, 5, 6], [7, 8, 9]
+    assert padded.row_of_token().tolist() == [0, 0, 0, 1, 1, 1]
+    assert padded.last_token_keep("cpu") == 1  # the last column of every row
 
 
 def test_packed_masked_batch_keeps_texts_apart_and_cuts_windows_at_their_end(causal_base):
