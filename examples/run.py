@@ -60,8 +60,15 @@ def merge(params: dict, overrides: dict) -> dict:
     return out
 
 
+# The stages' warm worker (stages/_worker.py) gets a folder of its own, emptied before each example,
+# so every example's wall time includes the worker's start, as on a fresh machine.
+WORKER_DIR = WORK / ".worker"
+
+
 def env() -> dict[str, str]:
-    out = dict(os.environ, HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1")
+    out = dict(
+        os.environ, HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", GRADIEND_WORKER_DIR=str(WORKER_DIR)
+    )
     out["PATH"] = str(REPO / ".venv" / "bin") + os.pathsep + out.get("PATH", "")
     return out
 
@@ -128,7 +135,7 @@ def run_example(name: str) -> dict:
             check=True,
         )
     clone = WORK / name
-    subprocess.run(["rm", "-rf", str(clone)], check=True)
+    subprocess.run(["rm", "-rf", str(clone), str(WORKER_DIR)], check=True)
     WORK.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     params_file = clone / "params.yaml"
