@@ -131,23 +131,33 @@ def _one_gguf_parse():
     transformers builds the tokenizer, the config and the weights from a GGUF with three separate
     ``gguf.GGUFReader`` parses of the whole header, which for SmolLM2's 49k-token vocabulary and
     merges take about 5 s each on 2 cores. Within this block the reader of a path is made once and
-    shared (a reader only maps the file and indexes it; every later read is of the same bytes)."""
+    shared (a reader only maps the file and indexes it; every later read is of the same bytes).
+
+    Likewise the weights' name mapping: transformers asks ``gguf.get_tensor_name_map(arch,
+    blocks)`` once per submodule of the model (~400 times for SmolLM2, ~5 s) and only reads the
+    map, so within the block each (arch, blocks) map is built once."""
     import gguf
 
-    original = gguf.GGUFReader
+    original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
     readers: dict = {}
+    maps: dict = {}
 
     def shared(path, *args, **kwargs):
         key = (str(path), args, tuple(sorted(kwargs.items())))
         if key not in readers:
-            readers[key] = original(path, *args, **kwargs)
+            readers[key] = original_reader(path, *args, **kwargs)
         return readers[key]
 
-    gguf.GGUFReader = shared
+    def name_map(arch, n_blocks):
+        if (arch, n_blocks) not in maps:
+            maps[(arch, n_blocks)] = original_map(arch, n_blocks)
+        return maps[(arch, n_blocks)]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = shared, name_map
     try:
         yield
     finally:
-        gguf.GGUFReader = original
+        gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map
 
 
 def acquire_base_model(

@@ -250,6 +250,30 @@ def test_one_gguf_parse_shares_the_reader_of_a_path_and_restores_gguf(monkeypatc
     assert gguf.GGUFReader is CountingReader  # restored
 
 
+def test_one_gguf_parse_builds_each_tensor_name_map_once_and_restores_gguf(monkeypatch):
+    import gguf
+
+    from gradiend_core.base_model import _one_gguf_parse
+
+    built = []
+    original = gguf.get_tensor_name_map
+
+    def counting_map(arch, n_blocks):
+        built.append((arch, n_blocks))
+        return object()
+
+    monkeypatch.setattr(gguf, "get_tensor_name_map", counting_map)
+    with _one_gguf_parse():
+        first = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30)
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30) is first  # every submodule
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is not first
+    assert built == [(gguf.MODEL_ARCH.LLAMA, 30), (gguf.MODEL_ARCH.LLAMA, 2)]
+    assert gguf.get_tensor_name_map is counting_map  # restored
+    # transformers only reads the map (get_name), so one built map serves every submodule
+    real = original(gguf.MODEL_ARCH.LLAMA, 2)
+    assert real.get_name("model.layers.1.self_attn.q_proj") == "blk.1.attn_q"
+
+
 def test_configure_torch_sets_threads_and_deterministic_kernels():
     from gradiend_core.runtime import configure_torch
 
