@@ -19,7 +19,6 @@ stage, the base-model work a single seed needs.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from examples.run import collect, record, remove_committed_outputs, write_table
+from examples.run import collect, env, record, remove_committed_outputs, write_table
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "work" / "pipeline"
@@ -43,12 +42,8 @@ FINISHED = re.compile(r"stage (\S+) finished in ([\d.]+) s")
 
 def run(cmd: list[str], cwd: Path) -> float:
     """Run ``cmd``; return its wall time in seconds (the output goes to this terminal)."""
-    env = dict(
-        os.environ, HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", GRADIEND_WORKER_DIR=str(WORKER_DIR)
-    )
-    env["PATH"] = str(REPO / ".venv" / "bin") + os.pathsep + env.get("PATH", "")
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, env=env, check=True)
+    subprocess.run(cmd, cwd=cwd, env=env(WORKER_DIR), check=True)
     return time.perf_counter() - start
 
 

@@ -73,24 +73,17 @@ def peak_gpu_gb() -> float | None:
     return torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def timed_once(fn) -> float:
     sync()
     start = time.perf_counter()
     fn()
     sync()
     return time.perf_counter() - start
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    return statistics.median(timed_once(fn) for _ in range(repeats))
 
 
 def bench_step(params, base, space: ParamSpace, batch, steps: int) -> dict:

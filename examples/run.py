@@ -65,9 +65,10 @@ def merge(params: dict, overrides: dict) -> dict:
 WORKER_DIR = WORK / ".worker"
 
 
-def env() -> dict[str, str]:
+def env(worker_dir: Path = WORKER_DIR) -> dict[str, str]:
+    """Offline, no analytics, this checkout's venv first on PATH, the worker in ``worker_dir``."""
     out = dict(
-        os.environ, HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", GRADIEND_WORKER_DIR=str(WORKER_DIR)
+        os.environ, HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", GRADIEND_WORKER_DIR=str(worker_dir)
     )
     out["PATH"] = str(REPO / ".venv" / "bin") + os.pathsep + out.get("PATH", "")
     return out

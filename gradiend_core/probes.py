@@ -539,7 +539,7 @@ def base_reference(base: BaseModel, feature, generation, bias, max_length: int) 
         "prompts": prompts,
         "texts": continuations(base, prompts, generation, seeds),
     }
-    if bias.male_class in ClassPair.of_feature(feature).classes:
+    if bias_applies(base.kind, feature, bias):
         prompts = bias_prompts(feature, bias)[2]
         probs = prompt_class_probabilities(base, prompts, feature, max_length, bias.batch_size)
         out["bias"] = {"prompts": prompts, "probabilities": probs.tolist()}
@@ -683,6 +683,11 @@ class BiasProbe:
         )
 
 
+def bias_applies(kind: str, feature, settings) -> bool:
+    """The bias probe needs a causal LM and a pair holding ``probe_bias.male_class``."""
+    return kind == "causal" and settings.male_class in ClassPair.of_feature(feature).classes
+
+
 def bias_prompts(feature, settings) -> tuple[dict[str, float], list[str], list[str]]:
     """(labels towards class A per occupation, occupations in stereotype order, prompts in
     occupation-major order) of the bias probe."""
@@ -737,7 +742,7 @@ def bias_probe(
     classes = ClassPair.of_feature(feature).classes
     a, b = classes
     kind = rewritten.kind
-    if kind != "causal" or settings.male_class not in classes:
+    if not bias_applies(kind, feature, settings):
         # A masked LM cannot continue a prompt; a pair without the male class (e.g. she-they in
         # a suite) has no orientation for the man/woman stereotype labels.
         metrics = _not_applicable(kind, "bias probe")

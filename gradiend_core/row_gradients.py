@@ -272,17 +272,14 @@ class RowGradients:
         kind = self.kinds[name]
         span = slice(part.offset, part.offset + part.count)
         if part.param == "bias":
-            if delta.dim() == 3:  # per-head norm: sum over the heads
-                delta = delta.sum(1)
+            delta = _over_heads(delta)
             cols = delta if part.index is None else delta[:, part.index]
             out[:, span] += _per_row(cols, row_of, rows)
             return
         if kind == "norm":
             rule, _, eps = self.norm_rules[name]
             hat = _normalised(x, rule, eps)
-            prod = delta * hat
-            if prod.dim() == 3:  # per-head norm: sum over the heads
-                prod = prod.sum(1)
+            prod = _over_heads(delta * hat)
             cols = prod if part.index is None else prod[:, part.index]
             out[:, span] += _per_row(cols, row_of, rows)
             return
@@ -306,6 +303,11 @@ def _per_token(t: torch.Tensor, axis: int | None) -> torch.Tensor:
         return t.reshape(-1, t.shape[-1]).float()
     t = t.movedim(axis, 1)
     return t.reshape(t.shape[0] * t.shape[1], -1, t.shape[-1]).float()
+
+
+def _over_heads(t: torch.Tensor) -> torch.Tensor:
+    """(B·T, D): a per-head module's (B·T, heads, D) values summed over the heads."""
+    return t.sum(1) if t.dim() == 3 else t
 
 
 def _per_row(values: torch.Tensor, row_of: torch.Tensor, rows: int) -> torch.Tensor:
