@@ -2,7 +2,8 @@
 the committed dvc.lock: torch's CPU capability (the vector ISA its kernels use), the torch version
 and the thread count. Byte-identical reruns hold on the same platform (RELIABILITY.md); the slow
 test compares byte for byte only there. Run with --write after `dvc repro` when committing a new
-dvc.lock."""
+dvc.lock; --write also drops the lock's entries of stages that dvc.yaml no longer has (DVC keeps
+them, and DVC re-reads the whole lock after every stage it runs)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,25 @@ def platform() -> dict:
     }
 
 
+def drop_removed_stages(repo: Path = RECORD.parents[1]) -> list[str]:
+    """Remove dvc.lock's entries of stages that dvc.yaml no longer defines; return their names."""
+    from dvc.repo import Repo
+    from dvc.utils.serialize import modify_yaml
+
+    with Repo(str(repo)) as dvc_repo:
+        names = {stage.addressing for stage in dvc_repo.index.stages}
+    with modify_yaml(str(repo / "dvc.lock")) as lock:
+        stale = [name for name in lock.get("stages", {}) if name not in names]
+        for name in stale:
+            del lock["stages"][name]
+    return stale
+
+
 if __name__ == "__main__":
     now = platform()
     if "--write" in sys.argv:
+        removed = drop_removed_stages()
+        if removed:
+            print(f"dvc.lock: dropped the entries of removed stages {', '.join(removed)}")
         RECORD.write_text(json.dumps(now, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     print(json.dumps(now, sort_keys=True))
