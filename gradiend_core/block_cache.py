@@ -82,6 +82,23 @@ class LowerBlockCache:
         self.enabled = bool(first) and found is not None and first < len(found[2])
         self.states: dict[tuple, torch.Tensor] = {}
         self.verified: set = set()  # kinds of call (key[0]) checked bit for bit
+        self.recorded_only = False
+
+    @classmethod
+    def recorded(
+        cls, model: nn.Module, first: int, states: dict[tuple, torch.Tensor]
+    ) -> LowerBlockCache:
+        """A cache seeded with states an earlier, verified cache recorded at block ``first`` on the
+        same unedited model and inputs (stage decoder_base, ``decoder_eval.DecoderReference``):
+        every call runs only blocks ``first``.., also the first one, so the model may already be
+        edited. A key it has no state for is an error, never a recording of an edited model."""
+        cache = cls(model, first)
+        if not cache.enabled or not states:
+            raise ValueError(f"no recorded states at block {first} for this model")
+        cache.states = dict(states)
+        cache.verified = {key[0] for key in states}
+        cache.recorded_only = True
+        return cache
 
     def _record(self, model: nn.Module, key: tuple, inputs: dict) -> torch.Tensor:
         blocks = block_list(model)[2]
@@ -107,6 +124,8 @@ class LowerBlockCache:
         if not self.enabled:
             return model(**inputs, use_cache=False).logits
         if key not in self.states:
+            if self.recorded_only:
+                raise KeyError(f"no recorded lower-block state for batch {key}")
             full = self._record(model, key, inputs)
             if key[0] not in self.verified:
                 self.verified.add(key[0])

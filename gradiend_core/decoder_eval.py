@@ -20,9 +20,12 @@ does, the smallest η is reported with ``constraint_met: false``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -34,6 +37,7 @@ from gradiend_core.data import LmsText, lms_text, take_balanced
 from gradiend_core.errors import GradiendError
 from gradiend_core.feature import ClassPair
 from gradiend_core.gradiend import Gradiend, GradiendContext
+from gradiend_core.io import load_tensors, save_tensors
 from gradiend_core.runtime import progress
 from gradiend_core.tokens import (
     SequenceBatch,
@@ -303,6 +307,97 @@ def decoder_inputs(
     return DecoderInputs(rows, probe, lms, lms_set)
 
 
+# ---- the base model's side, made once (stage decoder_base) ------------------------------------
+
+
+@dataclass(frozen=True)
+class DecoderReference:
+    """What every decoder grid of one base model, test rows and LMS text shares, whatever the
+    GRADIEND (stage decoder_base@<pair>, ``models/decoder_base/<pair>.safetensors``): the unedited
+    model's measurement (the grid's base point) and the hidden states entering block ``first`` for
+    each fixed batch (``LowerBlockCache``; ``first`` is None and ``states`` empty when they cannot
+    be reused). ``inputs`` fingerprints the tokenized inputs and batch size they were made for."""
+
+    base_point: dict
+    first: int | None
+    states: dict[tuple, torch.Tensor]
+    inputs: str
+
+
+def inputs_fingerprint(probe: ProbeSet, lms_set: LmsSet, batch_size: int) -> str:
+    """sha256 of everything that decides the grid's batches: token ids, masked positions, the
+    class tokens, the left-out tokens and the batch size."""
+    what = {
+        "probe": [probe.classes, probe.row_class, probe.token_ids, probe.inputs],
+        "mask_positions": probe.mask_positions,
+        "lms": [lms_set.kind, lms_set.sequences, lms_set.masked_positions, list(lms_set.left_out)],
+        "batch_size": batch_size,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def decoder_reference(
+    base: BaseModel, probe: ProbeSet, lms_set: LmsSet, batch_size: int, first: int | None
+) -> DecoderReference:
+    """Measure the unedited model once, recording the states entering block ``first`` (the lowest
+    block any GRADIEND of the pair edits: θ's first block) when the upper-block pass reproduces a
+    full pass bit for bit."""
+    cache = LowerBlockCache(base.model, first)
+    base_point = measure(base, probe, lms_set, batch_size, cache)
+    states = cache.states if cache.enabled else {}
+    return DecoderReference(
+        base_point,
+        cache.first if states else None,
+        states,
+        inputs_fingerprint(probe, lms_set, batch_size),
+    )
+
+
+def save_decoder_reference(reference: DecoderReference, path: str | Path) -> None:
+    """One safetensors file: the states (keys ``<kind>/<batch start>``, kept as computed) and, in
+    its metadata, the base point as JSON (floats read back exactly), ``first`` and ``inputs``."""
+    tensors = {f"{kind}/{start}": state for (kind, start), state in reference.states.items()}
+    meta = {
+        "base_point": json.dumps(reference.base_point),
+        "first": json.dumps(reference.first),
+        "inputs": reference.inputs,
+    }
+    save_tensors(path, tensors, meta)
+
+
+def load_decoder_reference(path: str | Path, device) -> DecoderReference:
+    from safetensors import safe_open
+
+    tensors = load_tensors(path, "the base model's side of the decoder grid (stage decoder_base)")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    if not {"base_point", "first", "inputs"} <= meta.keys():
+        raise GradiendError(
+            f"{path}: not a decoder_base file (metadata {sorted(meta)}); rerun 'dvc repro'"
+            " (stage decoder_base)."
+        )
+    states = {}
+    for key, state in tensors.items():
+        kind, _, start = key.rpartition("/")
+        states[(kind, int(start))] = state.to(device)
+    return DecoderReference(
+        json.loads(meta["base_point"]), json.loads(meta["first"]), states, meta["inputs"]
+    )
+
+
+def checked_reference(
+    reference: DecoderReference, probe: ProbeSet, lms_set: LmsSet, batch_size: int, where: str
+) -> DecoderReference:
+    """``reference`` if it was made for exactly these inputs; else a one-line error."""
+    if reference.inputs != inputs_fingerprint(probe, lms_set, batch_size):
+        raise GradiendError(
+            f"{where}: the base model's decoder measurement was made for other test rows, LMS"
+            " text or evaluate_decoder.batch_size than the current data and params give; rerun"
+            " 'dvc repro' (stage decoder_base)."
+        )
+    return reference
+
+
 # ---- grid and selection ----------------------------------------------------------------------
 
 
@@ -335,6 +430,7 @@ def decoder_grid(
     settings,
     reuse_lower_blocks: bool = True,
     balance: bool = False,
+    reference: DecoderReference | None = None,
 ) -> tuple[dict, list[dict]]:
     """The base point and the measured (f, η) points (§7.3), each measured on the in-place
     edited model, the frozen lower blocks' output reused between points (``LowerBlockCache``).
@@ -349,26 +445,40 @@ def decoder_grid(
       monotonically with η the choices equal the full grid's at about half the cost;
     * ``bracket``: per factor, a bisection over the sorted η grid for the largest η that passes
       (about log2 of the grid's size points, assuming, like ``ascending``, that the points that
-      pass come before those that fail), then ``refine_steps`` geometric bisections between that
-      η and the next grid value, which fails (each point η = √(η_pass·η_fail), rounded to 3
-      significant digits). Strengthening and weakening pick the largest shift among measured
+      pass come before those that fail; the factors after the first start at the previous
+      factor's boundary, usually two points, ``bracket_boundary``), then ``refine_steps``
+      geometric bisections between that η and the next grid value, which fails (each point
+      η = √(η_pass·η_fail), rounded to 3 significant digits). Strengthening and weakening pick the largest shift among measured
       passing points, usually the largest passing η, so they get the grid's choice or a finer
       one at a third of the points. The balance goal's best η usually lies inside the passing
       range, which the bisection skips: with ``balance`` (the rewrite balances) each factor's
       passing range is walked ascending instead, as ``ascending`` does, before the refinement.
 
     Points are returned ordered by (f, η). ``reuse_lower_blocks=False`` runs full passes
-    (benchmarks compare the two)."""
+    (benchmarks compare the two). ``reference`` (stage decoder_base, made for these inputs:
+    ``checked_reference``): its base point is taken as measured, and its recorded states feed the
+    edited blocks, when they enter a block at or below θ's first (exact: the blocks below are
+    never edited); otherwise every point runs full passes."""
     editor = WeightEditor(base.model, space)
     batch_size = settings.batch_size
     first = first_edited_block(space) if reuse_lower_blocks else None
-    cache = LowerBlockCache(base.model, first)
-    base_point = measure(base, probe, lms_set, batch_size, cache)
+    if reference is None:
+        cache = LowerBlockCache(base.model, first)
+        base_point = measure(base, probe, lms_set, batch_size, cache)
+    else:
+        base_point = reference.base_point
+        usable = first is not None and reference.first is not None and reference.first <= first
+        cache = (
+            LowerBlockCache.recorded(base.model, reference.first, reference.states)
+            if usable
+            else LowerBlockCache(base.model, None)
+        )
     floor = settings.lms_ratio * base_point["lms"]
     factors, rates = sorted(settings.feature_factors), sorted(settings.learning_rates)
     points: dict[tuple[float, float], dict] = {}
     total = len(factors) * len(rates) if settings.search != "bracket" else None
     bar = progress(total=total, desc=f"decoder grid ({settings.search})")
+    guess = None  # bracket: the boundary the previous factor had, where the next search starts
 
     def passes(f: float, lr: float) -> bool:
         if (f, lr) not in points:
@@ -387,7 +497,8 @@ def decoder_grid(
                 lo = next((i for i, lr in enumerate(rates) if not passes(f, lr)), len(rates)) - 1
                 hi = lo + 1
             else:
-                lo, hi = bracket_boundary(lambda i, f=f: passes(f, rates[i]), len(rates))
+                lo, hi = bracket_boundary(lambda i, f=f: passes(f, rates[i]), len(rates), guess)
+                guess = lo
             if lo >= 0 and hi < len(rates):
                 refine_between(lambda lr, f=f: passes(f, lr), rates[lo], rates[hi], settings)
             continue
@@ -398,11 +509,33 @@ def decoder_grid(
     return base_point, [points[k] for k in sorted(points)]
 
 
-def bracket_boundary(passes, count: int) -> tuple[int, int]:
+def bracket_boundary(passes, count: int, guess: int | None = None) -> tuple[int, int]:
     """Bisection over indices 0..count-1 for the boundary between passing and failing points,
     assuming every passing index comes before every failing one: returns (last passing index or
-    -1, first failing index or ``count``), calling ``passes(i)`` about log2(count + 1) times."""
+    -1, first failing index or ``count``), calling ``passes(i)`` about log2(count + 1) times.
+
+    ``guess``: the last passing index expected (the boundary another feature factor had). The
+    search then starts there and gallops away from it (steps 1, 2, 4, …) until the boundary is
+    bracketed, then bisects: two calls when the guess is right, one more per doubling of its
+    error. Same result as without a guess."""
     lo, hi = -1, count
+    if guess is not None and count:
+        at = min(max(guess, 0), count - 1)
+        step = 1
+        if passes(at):
+            lo = at
+            while lo + step < hi:
+                if not passes(lo + step):
+                    hi = lo + step
+                    break
+                lo, step = lo + step, step * 2
+        else:
+            hi = at
+            while hi - step > lo:
+                if passes(hi - step):
+                    lo = hi - step
+                    break
+                hi, step = hi - step, step * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if passes(mid):

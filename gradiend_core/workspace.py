@@ -23,6 +23,7 @@ GRADIENDS = Path("models/gradiend")
 SELECTED = Path("models/selected")
 REWRITTEN = Path("models/rewritten")
 PROBE_BASE = Path("models/probe_base")
+DECODER_BASE = Path("models/decoder_base")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 
@@ -54,6 +55,11 @@ def rewritten_dir(pair: str) -> Path:
 def probe_base_file(pair: str) -> Path:
     """The base model's side of the pair's behavioural probes (stage probe_base@<pair>)."""
     return PROBE_BASE / f"{pair}.json"
+
+
+def decoder_base_file(pair: str) -> Path:
+    """The base model's side of the pair's decoder grid (stage decoder_base@<pair>)."""
+    return DECODER_BASE / f"{pair}.safetensors"
 
 
 def pair_metrics(stage: str, pair: str) -> Path:

@@ -5,14 +5,28 @@ import logging
 
 from gradiend_core.base_model import open_base
 from gradiend_core.data import load_examples, load_neutral
-from gradiend_core.decoder_eval import decoder_grid, decoder_inputs, grid_table, select
+from gradiend_core.decoder_eval import (
+    checked_reference,
+    decoder_grid,
+    decoder_inputs,
+    grid_table,
+    load_decoder_reference,
+    select,
+)
 from gradiend_core.feature import ClassPair, feature_for_pair
 from gradiend_core.gradiend import load_gradiend
 from gradiend_core.io import write_csv, write_json
 from gradiend_core.params import load_params
 from gradiend_core.plots import decoder_heatmap, probability_shift
 from gradiend_core.runtime import run_stage
-from gradiend_core.workspace import EXAMPLES, NEUTRAL, pair_metrics, pair_plots, selected_dir
+from gradiend_core.workspace import (
+    EXAMPLES,
+    NEUTRAL,
+    decoder_base_file,
+    pair_metrics,
+    pair_plots,
+    selected_dir,
+)
 from stages import stage_args
 
 LOG = logging.getLogger("stages.evaluate_decoder")
@@ -32,8 +46,13 @@ def main() -> None:
     classes = ClassPair.of_feature(feature).classes
     # bracket: the balance goal's point is searched only when the rewrite balances (§7.3)
     balance = params.rewrite.direction == "balance" or settings.search != "bracket"
+    # the base point and the lower blocks' output, made once by stage decoder_base
+    where = decoder_base_file(name)
+    reference = checked_reference(
+        load_decoder_reference(where, base.device), probe, lms_set, settings.batch_size, str(where)
+    )
     base_point, points = decoder_grid(
-        base, gradiend, space, probe, lms_set, settings, balance=balance
+        base, gradiend, space, probe, lms_set, settings, balance=balance, reference=reference
     )
     selection = select(points, base_point, context, settings.lms_ratio, balance=balance)
     metrics = {

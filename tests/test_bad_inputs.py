@@ -52,7 +52,7 @@ CASES: dict[str, Case] = {}
 PER_PAIR = {
     f"stages.{s}"
     for s in ("pre_prune", "gradients", "train", "evaluate_decoder", "rewrite", "probe_generation")
-} | {"stages.probe_bias", "stages.probe_base"}
+} | {"stages.probe_bias", "stages.probe_base", "stages.decoder_base"}
 PAIR = ("--pair", "he-she")
 
 
@@ -161,6 +161,16 @@ def class_without_validation_rows(repo: Path) -> None:
     she_validation = (examples["factual_class"] == "she") & (examples["split"] == "validation")
     examples.loc[she_validation, "split"] = "train"
     examples.to_parquet(repo / "data/examples.parquet", index=False)
+
+
+@bad_input(
+    "stages.evaluate_decoder",
+    names=["models/decoder_base/he-she.safetensors", "evaluate_decoder.batch_size", "decoder_base"],
+)
+def decoder_base_made_for_other_inputs(repo: Path) -> None:
+    """The grid's batches changed (batch size) without rerunning decoder_base: its stored base
+    point and states belong to other batches."""
+    change_params(repo, {"evaluate_decoder": {"batch_size": 3}})
 
 
 @bad_input(

@@ -89,6 +89,7 @@ def test_every_stage_ran_and_the_lock_has_exactly_those_stages(repo):
         *[f"train@{P}-{s}" for s in seeds],
         "select",
         "evaluate_encoder",
+        f"decoder_base@{P}",
         f"evaluate_decoder@{P}",
         f"rewrite@{P}",
         f"probe_base@{P}",

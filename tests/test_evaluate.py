@@ -20,12 +20,16 @@ from gradiend_core.decoder_eval import (
     bracket_boundary,
     build_lms_set,
     build_probe_set,
+    checked_reference,
     class_probabilities,
     decoder_grid,
+    decoder_reference,
     language_modelling_score,
+    load_decoder_reference,
     measure,
     probs_by_dataset,
     refine_between,
+    save_decoder_reference,
     select,
     select_balance,
 )
@@ -680,6 +684,55 @@ def test_lower_block_reuse_is_exact_and_used(causal_base):
         assert full["lms"] != measure(causal_base, probe, lms_set, 4)["lms"]  # the edit matters
 
 
+def test_grid_from_the_stored_base_side_equals_the_grid_that_measures_it(causal_base, tmp_path):
+    """Stage decoder_base's file (base point + states entering θ's first block), written and read
+    back, gives the grid exactly the base point and points it measures itself; a reference
+    without states (made where reuse is impossible) gives them too, from full passes."""
+    space, gradiend, probe, lms_set = upper_block_setup(causal_base)
+    settings = grid_settings([1.0, -1.0], [0.1, 1.0, 10.0], "bracket", 0.999, refine_steps=1)
+    fresh = decoder_grid(causal_base, gradiend, space, probe, lms_set, settings)
+    first = first_edited_block(space)
+    made = decoder_reference(causal_base, probe, lms_set, settings.batch_size, first)
+    assert made.first == first and set(made.states) == {("probe", 0), ("lms", 0)}
+    save_decoder_reference(made, tmp_path / "he-she.safetensors")
+    stored = load_decoder_reference(tmp_path / "he-she.safetensors", causal_base.device)
+    assert stored.base_point == made.base_point == fresh[0]  # JSON floats read back exactly
+    assert all(torch.equal(stored.states[k], made.states[k]) for k in made.states)
+    stored = checked_reference(stored, probe, lms_set, settings.batch_size, "x.safetensors")
+    calls = []
+    real = causal_base.model.forward
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("inputs_embeds") is not None)
+        return real(*args, **kwargs)
+
+    causal_base.model.forward = counting
+    try:
+        reused = decoder_grid(
+            causal_base, gradiend, space, probe, lms_set, settings, reference=stored
+        )
+    finally:
+        del causal_base.model.forward
+    assert reused == fresh
+    assert calls and all(calls)  # every pass, the first one too, ran the upper block only
+    # No states (block 0 has nothing below it): the base point is still reused, full passes.
+    without = decoder_reference(causal_base, probe, lms_set, settings.batch_size, 0)
+    assert without.first is None and without.states == {}
+    save_decoder_reference(without, tmp_path / "none.safetensors")
+    none = load_decoder_reference(tmp_path / "none.safetensors", causal_base.device)
+    assert decoder_grid(causal_base, gradiend, space, probe, lms_set, settings, reference=none) == (
+        fresh
+    )
+    # Made for other inputs (another batch size here): a one-line error naming the stage.
+    with pytest.raises(GradiendError, match="x.safetensors.*stage decoder_base"):
+        checked_reference(stored, probe, lms_set, settings.batch_size + 1, "x.safetensors")
+    cache = LowerBlockCache.recorded(
+        causal_base.model, first, {("lms", 0): made.states[("lms", 0)]}
+    )
+    with pytest.raises(KeyError):  # never records an (edited) model: a missing batch is an error
+        cache.logits(causal_base.model, ("probe", 0), input_ids=torch.tensor([[1, 2]]))
+
+
 def test_reuse_is_refused_when_theta_reaches_the_embeddings(causal_base):
     assert first_edited_block(full_space(causal_base, exclude_embeddings=False)) is None
     assert first_edited_block(full_space(causal_base)) == 0  # nothing below block 0 to reuse
@@ -740,6 +793,26 @@ def test_bracket_boundary_finds_every_boundary_in_log_calls(count):
         assert bracket_boundary(passes, count) == (boundary - 1, boundary)
         assert len(calls) <= int(np.ceil(np.log2(count + 1)))  # 16 points: at most 5 calls
         assert len(set(calls)) == len(calls)
+
+
+@pytest.mark.parametrize("count", [1, 2, 5, 16])
+def test_bracket_boundary_from_a_guess_finds_the_same_boundary_in_few_calls(count):
+    """Started at another factor's boundary (``guess``), the search finds every boundary, the same
+    as the plain bisection, in 2 calls when the guess is right (1 at either end of the grid) and
+    in at most 2·log2 calls from the worst guess."""
+    for boundary in range(count + 1):  # indices < boundary pass
+        for guess in range(-1, count + 1):
+            calls = []
+
+            def passes(i: int, boundary: int = boundary, calls: list = calls) -> bool:
+                calls.append(i)
+                return i < boundary
+
+            assert bracket_boundary(passes, count, guess) == (boundary - 1, boundary)
+            assert len(set(calls)) == len(calls) and all(0 <= i < count for i in calls)
+            if guess == boundary - 1:
+                assert len(calls) == (1 if boundary in (0, count) else 2)
+            assert len(calls) <= 2 * int(np.ceil(np.log2(count + 1)))
 
 
 def test_refine_between_bisects_geometrically_with_three_digits():
