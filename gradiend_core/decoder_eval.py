@@ -444,15 +444,16 @@ def decoder_grid(
       LMS floor. Every selection rule picks among LMS-passing points only, so when the LMS falls
       monotonically with η the choices equal the full grid's at about half the cost;
     * ``bracket``: per factor, a bisection over the sorted η grid for the largest η that passes
-      (about log2 of the grid's size points, assuming, like ``ascending``, that the points that
-      pass come before those that fail; the factors after the first start at the previous
-      factor's boundary, usually two points, ``bracket_boundary``), then ``refine_steps``
-      geometric bisections between that η and the next grid value, which fails (each point
-      η = √(η_pass·η_fail), rounded to 3 significant digits). Strengthening and weakening pick the largest shift among measured
-      passing points, usually the largest passing η, so they get the grid's choice or a finer
-      one at a third of the points. The balance goal's best η usually lies inside the passing
-      range, which the bisection skips: with ``balance`` (the rewrite balances) each factor's
-      passing range is walked ascending instead, as ``ascending`` does, before the refinement.
+      (about log2 of the grid's size points, assuming, like ``ascending``, that the points that pass
+      come before those that fail; the factors after the first start at the previous factor's
+      boundary, usually two points, ``bracket_boundary``), then ``refine_steps`` geometric
+      bisections between that η and the next grid value, which fails (each point η =
+      √(η_pass·η_fail), rounded to 3 significant digits). Strengthening and weakening pick the
+      largest shift among measured passing points, usually the largest passing η, so they get the
+      grid's choice or a finer one at a third of the points. The balance goal's best η usually lies
+      inside the passing range, which the bisection skips: with ``balance`` (the rewrite balances)
+      each factor's passing range is walked ascending instead, as ``ascending`` does, before the
+      refinement.
 
     Points are returned ordered by (f, η). ``reuse_lower_blocks=False`` runs full passes
     (benchmarks compare the two). ``reference`` (stage decoder_base, made for these inputs:
