@@ -128,6 +128,22 @@ def read_json(path: str | Path, what: str) -> Any:
         ) from exc
 
 
+def read_csv(path: str | Path, what: str):
+    """A CSV table this pipeline wrote (``write_csv``; its floats read back exactly), or a one-line
+    error naming the file."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise GradiendError(f"{path}: missing ({what}); run the stage that writes it (dvc repro).")
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise GradiendError(
+            f"{path}: cannot be read as CSV ({exc}); delete it and rerun dvc repro."
+        ) from exc
+
+
 def read_parquet(path: str | Path, required_columns: list[str], what: str):
     """Read a parquet file, failing with a one-line message if it is missing, corrupt or lacks
     columns."""

@@ -4,12 +4,17 @@
 The rewrite uses exactly the edit the decoder grid measured (``WeightEditor``): θ' = θ + η·dec(f)
 on θ's kept coordinates. The result is saved with ``save_pretrained`` together with its tokenizer
 and a model card, so ``AutoModelForCausalLM.from_pretrained(folder)`` loads it with no GRADIEND
-code; the reported metrics are measured on the saved files, reloaded.
+code. The reported metrics are those of the saved files, reloaded: when the reloaded model's
+weights equal the measured edit's bit for bit, the grid's measurement of that point is theirs
+(``grid_measurement``); otherwise the reloaded model is measured.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import torch
 
 from gradiend_core.base_model import BaseModel, ParamSpace, load_base_model, save_tokenizer
 from gradiend_core.decoder_eval import LmsSet, ProbeSet, measure
@@ -17,6 +22,8 @@ from gradiend_core.errors import GradiendError
 from gradiend_core.gradiend import Gradiend, GradiendContext
 from gradiend_core.io import atomic_dir, write_json
 from gradiend_core.weight_edit import WeightEditor
+
+LOG = logging.getLogger(__name__)
 
 
 def selection_for(
@@ -105,6 +112,33 @@ def model_card(base_source: str, chosen: dict, context: dict, metrics: dict) -> 
     return "\n".join(lines)
 
 
+def grid_measurement(table, chosen: dict, classes: list[str]) -> dict | None:
+    """The decoder grid's measurement of the chosen (f, η): ``probs_by_dataset``, ``balance_gap``
+    and ``lms`` read from its table (``plots/evaluate_decoder/<pair>/grid.csv``, ``grid_table``;
+    CSV floats read back exactly), or None when the table has no single row for that point."""
+    at = table[
+        (table["feature_factor"] == chosen["feature_factor"])
+        & (table["learning_rate"] == chosen["learning_rate"])
+    ]
+    columns = ["lms", "balance_gap", *(f"p_{c}_on_{d}" for c in classes for d in classes)]
+    if len(at) != 1 or not set(columns) <= set(at.columns):
+        return None
+    row = at.iloc[0]
+    return {
+        "probs_by_dataset": {d: {c: float(row[f"p_{c}_on_{d}"]) for c in classes} for d in classes},
+        "balance_gap": float(row["balance_gap"]),
+        "lms": float(row["lms"]),
+    }
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Both models hold the same tensors (names, dtypes, values) bit for bit."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa
+    )
+
+
 def rewrite_metrics(before: dict, after: dict, chosen: dict, settings, lms_ratio: float) -> dict:
     """Before/after of the goal's measure, both classes' probabilities and the LMS
     (``metrics/rewrite.json``).
@@ -176,6 +210,7 @@ def rewrite_checkpoint(
     base_source: str,
     out_dir: str | Path,
     before: dict | None = None,
+    measured: dict | None = None,
 ) -> dict:
     """Edit θ by the chosen point, save the checkpoint, reload it and measure (§8).
 
@@ -189,6 +224,10 @@ def rewrite_checkpoint(
             already known: the decoder grid's base point (``metrics/evaluate_decoder/<pair>.json``
             ``base``, the same measurement of the same inputs; its JSON floats read back exactly).
             None measures it here.
+        measured: the grid's measurement of the chosen point (``grid_measurement``), taken as the
+            saved model's when the reloaded checkpoint's weights equal the edited model's bit for
+            bit (the same weights on the same inputs give the same numbers); None, or weights that
+            differ, measure the reloaded checkpoint.
     The folder appears only when saving, measuring and the model card all succeeded.
     """
     if before is None:
@@ -199,10 +238,16 @@ def rewrite_checkpoint(
         try:
             base.model.save_pretrained(tmp)
             save_tokenizer(base.tokenizer, tmp)
+            saved = load_base_model(tmp, runtime.device, runtime.dtype)
+            exact = measured is not None and same_weights(saved.model, base.model)
         finally:
             editor.restore()
-        saved = load_base_model(tmp, runtime.device, runtime.dtype)
-        after = measure(saved, probe, lms_set, decoder.batch_size)
+        if exact:
+            after = measured
+        else:
+            if measured is not None:
+                LOG.warning("the reloaded checkpoint differs from the measured edit; measuring it")
+            after = measure(saved, probe, lms_set, decoder.batch_size)
         metrics = rewrite_metrics(before, after, chosen, settings, decoder.lms_ratio)
         card = model_card(base_source, chosen, context.__dict__, metrics)
         (tmp / "README.md").write_text(card, encoding="utf-8")

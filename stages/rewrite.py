@@ -1,5 +1,6 @@
-"""Stage rewrite@<pair>: apply the selected (f, η) and save a plain Hugging Face checkpoint,
-measured after saving."""
+"""Stage rewrite@<pair>: apply the selected (f, η) and save a plain Hugging Face checkpoint; its
+metrics are those of the saved files (the grid's measurement of the point once the reloaded
+weights are checked to equal the measured edit)."""
 
 import dataclasses
 import logging
@@ -9,14 +10,20 @@ from gradiend_core.data import load_examples, load_neutral
 from gradiend_core.decoder_eval import decoder_inputs
 from gradiend_core.feature import ClassPair, feature_for_pair
 from gradiend_core.gradiend import load_gradiend
-from gradiend_core.io import read_json, write_json
+from gradiend_core.io import read_csv, read_json, write_json
 from gradiend_core.params import load_params
-from gradiend_core.rewrite import rewrite_checkpoint, rewrite_summary, selection_for
+from gradiend_core.rewrite import (
+    grid_measurement,
+    rewrite_checkpoint,
+    rewrite_summary,
+    selection_for,
+)
 from gradiend_core.runtime import run_stage
 from gradiend_core.workspace import (
     EXAMPLES,
     NEUTRAL,
     pair_metrics,
+    pair_plots,
     rewritten_dir,
     selected_dir,
 )
@@ -46,6 +53,8 @@ def main() -> None:
     examples, neutral = load_examples(EXAMPLES, feature.mask), load_neutral(NEUTRAL)
     inputs = decoder_inputs(base, examples, neutral, feature, decoder, max_length)
     probe, lms_set = inputs.probe, inputs.lms_set
+    table = read_csv(pair_plots("evaluate_decoder", name) / "grid.csv", "the decoder grid")
+    measured = grid_measurement(table, chosen, pair.classes)
     metrics = rewrite_checkpoint(
         base,
         gradiend,
@@ -60,6 +69,7 @@ def main() -> None:
         base_source=params.model.source,
         out_dir=rewritten_dir(name),
         before=decoder_metrics["base"],  # the grid's base point: the same measurement, reused
+        measured=measured,  # the grid's measurement of the chosen point (checked: same weights)
     )
     write_json(pair_metrics("rewrite", name), metrics)
     LOG.info("%s; checkpoint in %s", rewrite_summary(metrics), rewritten_dir(name))

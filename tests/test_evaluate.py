@@ -918,3 +918,56 @@ def test_rewrite_reuses_the_grids_base_point_exactly(causal_base, tmp_path):
     reused = rewrite_checkpoint(*args, out_dir=tmp_path / "b", before=stored, **kwargs)
     assert reused == fresh
     assert fresh["lms_before"] == base_point["lms"] and fresh["lms_after"] != fresh["lms_before"]
+
+
+def test_rewrite_takes_the_grids_measurement_of_the_point_only_for_the_same_weights(
+    causal_base, tmp_path, monkeypatch
+):
+    """The saved model's figures are the grid's measurement of the chosen point, read back from
+    grid.csv, once the reloaded checkpoint's weights equal the measured edit's; they equal
+    measuring the reloaded checkpoint. With other weights the checkpoint is measured."""
+    import gradiend_core.rewrite as rewrite
+    from gradiend_core.decoder_eval import grid_table
+    from gradiend_core.io import read_csv, write_csv
+
+    space, gradiend, probe, lms_set = upper_block_setup(causal_base)
+    settings = grid_settings([1.0, -1.0], [0.01, 0.1, 1.0])
+    base_point, points = decoder_grid(causal_base, gradiend, space, probe, lms_set, settings)
+    context = GradiendContext(CLASSES, "alternative", "diff", "clm_next_token", "models/base")
+    chosen = select(points, base_point, context, 0.99)["he"]
+    write_csv(tmp_path / "grid.csv", grid_table(points, base_point, context.pair))
+    measured = rewrite.grid_measurement(read_csv(tmp_path / "grid.csv", "grid"), chosen, CLASSES)
+    kwargs = {
+        "settings": SimpleNamespace(target_class="he", direction="strengthen"),
+        "decoder": SimpleNamespace(batch_size=4, lms_ratio=0.99),
+        "runtime": SimpleNamespace(device="cpu", dtype="float32"),
+        "base_source": "tiny",
+        "before": base_point,
+    }
+    args = (causal_base, gradiend, space, context, chosen, probe, lms_set)
+    fresh = rewrite.rewrite_checkpoint(*args, out_dir=tmp_path / "a", **kwargs)
+    reused = rewrite.rewrite_checkpoint(*args, out_dir=tmp_path / "b", measured=measured, **kwargs)
+    assert reused == fresh
+    assert (
+        rewrite.grid_measurement(
+            read_csv(tmp_path / "grid.csv", "grid"), {**chosen, "learning_rate": 7.0}, CLASSES
+        )
+        is None
+    )
+    wrong = {**measured, "lms": 0.5}
+    monkeypatch.setattr(rewrite, "same_weights", lambda a, b: False)
+    checked = rewrite.rewrite_checkpoint(*args, out_dir=tmp_path / "c", measured=wrong, **kwargs)
+    assert checked == fresh  # the wrong figures were not taken: the checkpoint was measured
+
+
+def test_same_weights_compares_every_tensor_bit_for_bit(causal_base):
+    import copy
+
+    from gradiend_core.rewrite import same_weights
+
+    other = copy.deepcopy(causal_base.model)
+    assert same_weights(other, causal_base.model)
+    with torch.no_grad():
+        name, tensor = next(iter(other.named_parameters()))
+        tensor.view(-1)[0] = torch.nextafter(tensor.view(-1)[0], torch.tensor(float("inf")))
+    assert not same_weights(other, causal_base.model)
