@@ -353,16 +353,20 @@ def decoder_reference(
     )
 
 
+DECODER_BASE_KEY = "decoder_base"
+
+
 def save_decoder_reference(reference: DecoderReference, path: str | Path) -> None:
-    """One safetensors file: the states (keys ``<kind>/<batch start>``, kept as computed) and, in
-    its metadata, the base point as JSON (floats read back exactly), ``first`` and ``inputs``."""
+    """One safetensors file: the states (keys ``<kind>/<batch start>``, kept as computed) and, as
+    one JSON object under the metadata key ``decoder_base``, the base point (floats read back
+    exactly), ``first`` and ``inputs`` (one key, so the bytes do not depend on hash-map order)."""
     tensors = {f"{kind}/{start}": state for (kind, start), state in reference.states.items()}
     meta = {
-        "base_point": json.dumps(reference.base_point),
-        "first": json.dumps(reference.first),
+        "base_point": reference.base_point,
+        "first": reference.first,
         "inputs": reference.inputs,
     }
-    save_tensors(path, tensors, meta)
+    save_tensors(path, tensors, {DECODER_BASE_KEY: json.dumps(meta, sort_keys=True)})
 
 
 def load_decoder_reference(path: str | Path, device) -> DecoderReference:
@@ -370,19 +374,17 @@ def load_decoder_reference(path: str | Path, device) -> DecoderReference:
 
     tensors = load_tensors(path, "the base model's side of the decoder grid (stage decoder_base)")
     with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
+        meta = json.loads((handle.metadata() or {}).get(DECODER_BASE_KEY, "{}"))
     if not {"base_point", "first", "inputs"} <= meta.keys():
         raise GradiendError(
-            f"{path}: not a decoder_base file (metadata {sorted(meta)}); rerun 'dvc repro'"
-            " (stage decoder_base)."
+            f"{path}: not a decoder_base file (no '{DECODER_BASE_KEY}' metadata); rerun"
+            " 'dvc repro' (stage decoder_base)."
         )
     states = {}
     for key, state in tensors.items():
         kind, _, start = key.rpartition("/")
         states[(kind, int(start))] = state.to(device)
-    return DecoderReference(
-        json.loads(meta["base_point"]), json.loads(meta["first"]), states, meta["inputs"]
-    )
+    return DecoderReference(meta["base_point"], meta["first"], states, meta["inputs"])
 
 
 def checked_reference(

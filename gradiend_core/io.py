@@ -173,7 +173,13 @@ def check_columns(frame, required_columns: list[str], where: str) -> None:
 
 
 def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """``tensors`` as one safetensors file, atomically. ``metadata`` may hold one key at most:
+    safetensors writes its keys in hash-map order, which varies between processes, so two keys
+    would make the bytes of the same content vary (put a JSON object under one key instead)."""
     from safetensors.torch import save_file
+
+    if metadata is not None and len(metadata) > 1:
+        raise ValueError(f"safetensors metadata must have one key (got {sorted(metadata)})")
 
     contiguous = {k: v.contiguous() for k, v in tensors.items()}
     write_with(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -40,6 +41,7 @@ from gradiend_core.rewrite import model_card, rewrite_metrics, rewrite_summary, 
 from gradiend_core.tokens import class_token_ids
 from gradiend_core.weight_edit import WeightEditor, update_direction
 
+REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"he": ["he"], "she": ["she"]}
 CLASSES = ["he", "she"]
 NEUTRAL = [
@@ -731,6 +733,31 @@ def test_grid_from_the_stored_base_side_equals_the_grid_that_measures_it(causal_
     )
     with pytest.raises(KeyError):  # never records an (edited) model: a missing batch is an error
         cache.logits(causal_base.model, ("probe", 0), input_ids=torch.tensor([[1, 2]]))
+
+
+def test_decoder_base_file_has_the_same_bytes_in_every_process(tmp_path):
+    """safetensors writes metadata keys in hash-map order, which varies between processes: the
+    decoder_base file keeps everything under one key, so its bytes depend only on its content
+    (DVC hashes them; a fresh clone must reproduce the committed dvc.lock)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from gradiend_core.decoder_eval import DecoderReference, save_decoder_reference\n"
+        "point = {'lms': 0.1, 'balance_gap': 0.2, 'probs_by_dataset': {'he': {'he': 0.3}}}\n"
+        "states = {('lms', 0): torch.arange(6.0).reshape(1, 2, 3),"
+        " ('probe', 0): torch.ones(1, 1, 3)}\n"
+        "save_decoder_reference(DecoderReference(point, 3, states, 'abc'), sys.argv[1])\n"
+    )
+    files = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for f in files:
+        subprocess.run([sys.executable, "-c", script, str(f)], check=True, cwd=REPO)
+    assert len({f.read_bytes() for f in files}) == 1
+    with pytest.raises(ValueError, match="one key"):
+        from gradiend_core.io import save_tensors
+
+        save_tensors(tmp_path / "x.safetensors", {"a": torch.ones(1)}, {"a": "1", "b": "2"})
 
 
 def test_reuse_is_refused_when_theta_reaches_the_embeddings(causal_base):
