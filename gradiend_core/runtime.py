@@ -28,9 +28,41 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# glibc mallopt parameters (malloc.h) and the values tune_allocator sets.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 1 << 30  # blocks below 1 GiB come from the heap and are reused when freed
+TRIM_THRESHOLD = (1 << 31) - 1  # freed heap memory stays with the process instead of the OS
+
+
+def tune_allocator() -> bool:
+    """Keep freed large blocks for reuse instead of returning them to the OS (glibc only).
+
+    By default glibc serves every block above 32 MB with its own mmap and unmaps it when freed, and
+    trims freed heap memory soon after: each training step's fresh gradient tensors (142 MB at
+    n = 35.4 M) and every batch's activations fault their pages in again, which on 2 cores costs
+    as much as a third of a step. With both thresholds raised, freed blocks are reused; the peak
+    memory is unchanged (the same blocks are live at once). Off with ``GRADIEND_MALLOC_TUNE=0``
+    and on other C libraries. Returns whether both settings were applied."""
+    import ctypes
+    import platform
+
+    if os.environ.get("GRADIEND_MALLOC_TUNE", "1") == "0" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    done = [mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD), mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)]
+    return all(done)
+
+
 def configure_torch(num_threads: int, device: str = "cpu") -> None:
-    """Deterministic kernels and a fixed thread count (reduction order depends on it)."""
+    """Deterministic kernels, a fixed thread count (reduction order depends on it) and the
+    allocator's reuse of freed blocks (``tune_allocator``)."""
     import torch
+
+    tune_allocator()
 
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(num_threads)

@@ -4,6 +4,7 @@ flip, init, save/load, factors."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -287,3 +288,31 @@ def test_configure_torch_sets_threads_and_deterministic_kernels():
     finally:
         torch.set_num_threads(before[0])
         torch.use_deterministic_algorithms(before[1], warn_only=True)
+
+
+def test_allocator_tuning_asks_glibc_to_keep_freed_blocks(monkeypatch):
+    """On glibc, tune_allocator raises the mmap threshold to 1 GiB and the trim threshold to the
+    largest int (freed blocks stay with the process for reuse); GRADIEND_MALLOC_TUNE=0 and other C
+    libraries leave the allocator alone."""
+    import ctypes
+    import platform
+
+    from gradiend_core import runtime
+
+    calls = []
+
+    def mallopt(param, value):
+        calls.append((param, value))
+        return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: SimpleNamespace(mallopt=mallopt))
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.delenv("GRADIEND_MALLOC_TUNE", raising=False)
+    assert runtime.tune_allocator() is True
+    assert calls == [(-3, 2**30), (-1, 2**31 - 1)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (malloc.h)
+    calls.clear()
+    monkeypatch.setenv("GRADIEND_MALLOC_TUNE", "0")
+    assert runtime.tune_allocator() is False and calls == []
+    monkeypatch.delenv("GRADIEND_MALLOC_TUNE")
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))  # musl, macOS: not glibc
+    assert runtime.tune_allocator() is False and calls == []
