@@ -56,16 +56,27 @@ def first_edited_block(space: ParamSpace) -> int | None:
 
 @contextmanager
 def upper_blocks_only(model: nn.Module, first: int):
-    """Temporarily make the model's block list start at block ``first``."""
+    """Temporarily make the model's block list start at block ``first``.
+
+    Models that pick each block's attention (sliding window or full, as Gemma 3 and Qwen 3 do) by
+    its position in the list, ``config.layer_types[i]``, get that list shifted the same way, so
+    block ``first`` keeps its own kind of attention."""
     found = block_list(model)
     if found is None:
         raise RuntimeError("no transformer block list found")
     parent, attr, blocks = found
+    config = getattr(parent, "config", None)
+    types = getattr(config, "layer_types", None)
+    shift_types = isinstance(types, list | tuple) and len(types) == len(blocks)
     setattr(parent, attr, nn.ModuleList(list(blocks)[first:]))
+    if shift_types:
+        config.layer_types = types[first:]
     try:
         yield
     finally:
         setattr(parent, attr, blocks)
+        if shift_types:
+            config.layer_types = types
 
 
 class LowerBlockCache:

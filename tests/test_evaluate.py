@@ -760,6 +760,56 @@ def test_decoder_base_file_has_the_same_bytes_in_every_process(tmp_path):
         save_tensors(tmp_path / "x.safetensors", {"a": torch.ones(1)}, {"a": "1", "b": "2"})
 
 
+def test_lower_block_reuse_keeps_each_blocks_attention_kind_gemma3(causal_base):
+    """Gemma 3 picks sliding-window or full attention per block from ``config.layer_types[i]``,
+    i counted along the block list: the upper-block pass shifts that list with the blocks, so it
+    stays bit-identical to a full pass (here blocks 2 and 3 of 4 differ in kind, and a 3-token
+    window makes the kinds disagree), before and after an edit."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from gradiend_core.base_model import BaseModel
+
+    tok = causal_base.tokenizer
+    config = Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        sliding_window=3,
+        layer_types=[
+            "sliding_attention",
+            "sliding_attention",
+            "sliding_attention",
+            "full_attention",
+        ],
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    base = BaseModel(Gemma3ForCausalLM(config).eval(), tok, "causal", torch.device("cpu"))
+    space = full_space(base, first_layer=-2)
+    first = first_edited_block(space)
+    assert first == 2
+    probe = build_probe_set(base, PROBE_ROWS, CLASSES, TARGETS, MASK, max_length=32)
+    lms_set = build_lms_set(base, NEUTRAL, max_length=64)
+    cache = LowerBlockCache(base.model, first)
+    assert measure(base, probe, lms_set, 4, cache) == measure(base, probe, lms_set, 4)
+    assert cache.enabled  # the check on the unedited model passed
+    assert base.model.config.layer_types[first] == "sliding_attention"  # restored afterwards
+    gradiend = Gradiend.initialised(space.size, seed=1)
+    with torch.no_grad():
+        gradiend.decoder_weight.mul_(30.0)
+    editor = WeightEditor(base.model, space)
+    editor.apply_gradiend(gradiend, 1.0, 3.0)
+    try:
+        assert measure(base, probe, lms_set, 4, cache) == measure(base, probe, lms_set, 4)
+    finally:
+        editor.restore()
+
+
 def test_reuse_is_refused_when_theta_reaches_the_embeddings(causal_base):
     assert first_edited_block(full_space(causal_base, exclude_embeddings=False)) is None
     assert first_edited_block(full_space(causal_base)) == 0  # nothing below block 0 to reuse
