@@ -459,23 +459,22 @@ def decoder_grid(
 
     Points are returned ordered by (f, η). ``reuse_lower_blocks=False`` runs full passes
     (benchmarks compare the two). ``reference`` (stage decoder_base, made for these inputs:
-    ``checked_reference``): its base point is taken as measured, and its recorded states feed the
-    edited blocks, when they enter a block at or below θ's first (exact: the blocks below are
-    never edited); otherwise every point runs full passes."""
+    ``checked_reference``; None makes it here, ``decoder_reference``): its base point is taken as
+    measured, and its recorded states feed the edited blocks, when they enter a block at or below
+    θ's first (exact: the blocks below are never edited); otherwise every point runs full
+    passes."""
     editor = WeightEditor(base.model, space)
     batch_size = settings.batch_size
     first = first_edited_block(space) if reuse_lower_blocks else None
-    if reference is None:
-        cache = LowerBlockCache(base.model, first)
-        base_point = measure(base, probe, lms_set, batch_size, cache)
-    else:
-        base_point = reference.base_point
-        usable = first is not None and reference.first is not None and reference.first <= first
-        cache = (
-            LowerBlockCache.recorded(base.model, reference.first, reference.states)
-            if usable
-            else LowerBlockCache(base.model, None)
-        )
+    if reference is None:  # measure the base point here, recording the states at θ's first block
+        reference = decoder_reference(base, probe, lms_set, batch_size, first)
+    base_point = reference.base_point
+    usable = first is not None and reference.first is not None and reference.first <= first
+    cache = (
+        LowerBlockCache.recorded(base.model, reference.first, reference.states)
+        if usable
+        else LowerBlockCache(base.model, None)
+    )
     floor = settings.lms_ratio * base_point["lms"]
     factors, rates = sorted(settings.feature_factors), sorted(settings.learning_rates)
     points: dict[tuple[float, float], dict] = {}

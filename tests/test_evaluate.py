@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import gpt2_pieces
 from test_gradients import MASK, full_space, masked_lm_pieces, word_ids
+from test_row_gradients import gemma_base
 from torch import nn
 
 from gradiend_core.block_cache import LowerBlockCache, first_edited_block
@@ -765,31 +766,10 @@ def test_lower_block_reuse_keeps_each_blocks_attention_kind_gemma3(causal_base):
     i counted along the block list: the upper-block pass shifts that list with the blocks, so it
     stays bit-identical to a full pass (here blocks 2 and 3 of 4 differ in kind, and a 3-token
     window makes the kinds disagree), before and after an edit."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    from gradiend_core.base_model import BaseModel
-
-    tok = causal_base.tokenizer
-    config = Gemma3TextConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=64,
-        sliding_window=3,
-        layer_types=[
-            "sliding_attention",
-            "sliding_attention",
-            "sliding_attention",
-            "full_attention",
-        ],
-        pad_token_id=tok.pad_token_id,
+    kinds = ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]
+    base = gemma_base(
+        causal_base.tokenizer, num_hidden_layers=4, sliding_window=3, layer_types=kinds
     )
-    torch.manual_seed(0)
-    base = BaseModel(Gemma3ForCausalLM(config).eval(), tok, "causal", torch.device("cpu"))
     space = full_space(base, first_layer=-2)
     first = first_edited_block(space)
     assert first == 2

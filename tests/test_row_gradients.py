@@ -118,23 +118,25 @@ def test_embeddings_in_theta_fall_back_to_one_pass_per_row(causal_base):
         assert torch.equal(stored.matrix[i], single)  # the per-row path itself
 
 
-def gemma_base(tokenizer):
-    """A tiny Gemma 3 on the fixtures' tokenizer: per-head q/k norms, (1 + w) norm scales."""
+def gemma_base(tokenizer, **config):
+    """A tiny Gemma 3 on the fixtures' tokenizer: per-head q/k norms, (1 + w) norm scales;
+    ``config`` overrides fields of its Gemma3TextConfig."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     from gradiend_core.base_model import BaseModel
 
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    fields = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "max_position_embeddings": 64,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config = Gemma3TextConfig(**{**fields, **config})
     torch.manual_seed(0)
     model = Gemma3ForCausalLM(config).eval()
     with torch.no_grad():  # non-trivial norm weights (Gemma initialises them to 0, i.e. scale 1)
