@@ -139,9 +139,14 @@ def tokenize_with_masks(
     Pieces are tokenized separately: the prefix (right-stripped, with special tokens), then each
     later piece without special tokens, keeping its leading space (so " said" after a mask is the
     usual space-prefixed token). Every piece that another mask follows is right-stripped like the
-    prefix, so its trailing space never becomes a token of its own before the next mask. A
-    sequence longer than ``max_length`` is cut so that the first mask and the ``keep_after``
-    tokens after it survive. Returns (ids, mask positions).
+    prefix, so its trailing space never becomes a token of its own before the next mask.
+
+    Only the last mask and the ``keep_after - 1`` tokens after it are read (the pooled window,
+    docs/method.md §2.5), and in a causal model no position sees a later one, so the tokens past
+    that window are dropped: the states that are read stay the same while every pass over the row
+    gets shorter (about a third fewer tokens on the default data). A sequence still longer than
+    ``max_length`` is then cut so that the first mask and the ``keep_after`` tokens from it on
+    survive. Returns (ids, mask positions).
     """
     pieces = text.split(mask)
     if len(pieces) < 2:
@@ -159,6 +164,7 @@ def tokenize_with_masks(
             piece = piece.rstrip()  # another mask follows: as for the prefix
         if piece:
             ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
+    del ids[masks[-1] + max(keep_after, 1) :]  # nothing reads the states past the last window
     if len(ids) > max_length:
         start = max(0, min(masks[0] + keep_after - max_length, masks[0]))
         ids = ids[start : start + max_length]

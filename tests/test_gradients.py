@@ -38,6 +38,7 @@ from gradiend_core.tokens import (
     prefix_before_mask,
     require_single_token,
     single_token_id,
+    tokenize_with_masks,
 )
 
 MASK = "[MASK]"
@@ -336,19 +337,20 @@ def test_pooled_mask_states_pools_exactly_the_mask_and_the_next_positions(causal
     head = make_head(causal_base, pooling)
     batch = build_masked_batch(tok, texts, MASK, 64, pooling)  # no model: left-padded
     seq = batch.sequences
-    # Two rows, left padded; masks at the right places. Row 0 is 7 tokens (My Ġfriend Ġsaid <M>
-    # Ġwas Ġtired Ġ.); row 1 is 15 (The Ġold Ġman Ġbelieved Ġthat <M> Ġhad Ġfound Ġthe Ġlost Ġkeys
+    # Two rows, left padded; masks at the right places. Row 0 is 6 tokens (My Ġfriend Ġsaid <M>
+    # Ġwas Ġtired): its 'Ġ.' lies past the mask's 3-token window, which no causal state reads,
+    # and is dropped. Row 1 is 15 (The Ġold Ġman Ġbelieved Ġthat <M> Ġhad Ġfound Ġthe Ġlost Ġkeys
     # Ġin Ġthe <M> Ġ.): the text before the second mask is right-stripped, no lone 'Ġ' piece.
     pad = tok.pad_token_id
-    assert seq.input_ids[0].tolist() == [pad] * 8 + word_ids(
-        tok, ["My", "Ġfriend", "Ġsaid", "<pad>", "Ġwas", "Ġtired", "Ġ."]
+    assert seq.input_ids[0].tolist() == [pad] * 9 + word_ids(
+        tok, ["My", "Ġfriend", "Ġsaid", "<pad>", "Ġwas", "Ġtired"]
     )
     assert seq.input_ids[1, 11:].tolist() == word_ids(tok, ["Ġin", "Ġthe", "<pad>", "Ġ."])
     assert batch.mask_rows.tolist() == [0, 1, 1]
     width = seq.input_ids.shape[1]
     assert width == 15
-    assert seq.attention_mask[0].tolist() == [0] * 8 + [1] * 7
-    rows, cols = [0, 1, 1], [8 + 3, 5, 13]
+    assert seq.attention_mask[0].tolist() == [0] * 9 + [1] * 6
+    rows, cols = [0, 1, 1], [9 + 3, 5, 13]
     assert batch.mask_flat.tolist() == [r * width + c for r, c in zip(rows, cols, strict=True)]
     assert batch.sequence_end.tolist() == [15, 30, 30]
     with torch.no_grad():
@@ -367,14 +369,30 @@ def test_pooled_mask_states_pools_exactly_the_mask_and_the_next_positions(causal
         torch.testing.assert_close(got, manual, atol=1e-6, rtol=1e-5)
         # The last mask has only one following token ('.'): the window is cut at the end of the row.
         torch.testing.assert_close(got[2], hidden[1, -2:].mean(0), atol=1e-6, rtol=1e-5)
-        # Padding does not change the result: each row alone, unpadded, gives the same pooled
-        # states.
+        # Neither padding nor the dropped tail changes the result: each whole text alone,
+        # unpadded, gives the same pooled states.
         alone = torch.cat([manual_pooled(causal_base, t, pooling) for t in texts])
         torch.testing.assert_close(got, alone, atol=ATOL, rtol=1e-4)
         # A different window gives a different result (the pooling length is really used).
         assert not torch.allclose(
             got, pooled_mask_states(model, batch, head.mask_embedding, 1), atol=1e-4
         )
+
+
+def test_masked_rows_end_with_the_last_window_and_then_fit_max_length(causal_base):
+    """Tokens past the last mask's window are dropped (no causal state that is read sees them);
+    a row still longer than max_length keeps the first mask's window and loses its start."""
+    tok = causal_base.tokenizer
+    words = ["The", "Ġold", "Ġman", "Ġbelieved", "Ġthat", "<pad>", "Ġhad", "Ġfound"]
+    ids, masks = tokenize_with_masks(tok, EX3, MASK, 64, 3)  # mask at 5: keeps 5, 6, 7
+    assert (ids, masks) == (word_ids(tok, words), [5])
+    ids, masks = tokenize_with_masks(tok, EX3, MASK, 6, 3)  # 8 > 6: cut 2 at the start
+    assert (ids, masks) == (word_ids(tok, words[2:]), [3])
+    two = "The old man believed that [MASK] had found the lost keys in the [MASK] ."
+    ids, masks = tokenize_with_masks(tok, two, MASK, 64, 1)  # the last mask ends the row
+    assert masks == [5, 13] and len(ids) == 14 and ids[-1] == tok.pad_token_id
+    ids, masks = tokenize_with_masks(tok, two, MASK, 64, 3)  # only '.' follows: nothing cut
+    assert masks == [5, 13] and len(ids) == 15
 
 
 def test_a_batch_knows_the_row_of_every_token_and_each_rows_last_position():
@@ -398,10 +416,11 @@ def test_packed_masked_batch_keeps_texts_apart_and_cuts_windows_at_their_end(cau
     head = make_head(causal_base, pooling)
     batch = build_masked_batch(tok, texts, MASK, 64, pooling, model)
     seq = batch.sequences
-    assert seq.packed and seq.input_ids.shape == (1, 15 + 7)
-    assert seq.position_ids[0].tolist() == list(range(15)) + list(range(7))
+    # the short text loses its 'Ġ.' past the window (7 -> 6 tokens)
+    assert seq.packed and seq.input_ids.shape == (1, 15 + 6)
+    assert seq.position_ids[0].tolist() == list(range(15)) + list(range(6))
     assert batch.mask_rows.tolist() == [0, 0, 1] and batch.mask_flat.tolist() == [5, 13, 15 + 3]
-    assert batch.sequence_end.tolist() == [15, 15, 22]
+    assert batch.sequence_end.tolist() == [15, 15, 21]
     with torch.no_grad():
         got = pooled_mask_states(model, batch, head.mask_embedding, pooling)
         alone = torch.cat([manual_pooled(causal_base, t, pooling) for t in texts])
