@@ -25,6 +25,7 @@ from torch import nn
 from gradiend_core.base_model import BaseModel, ParamSpace, set_requires_grad
 from gradiend_core.errors import GradiendError
 from gradiend_core.feature import ClassPair
+from gradiend_core.lower_states import RowStates
 from gradiend_core.mlm_head import MlmHead, build_masked_batch, pooled_mask_states
 from gradiend_core.row_gradients import RowGradients, membership
 from gradiend_core.runtime import progress
@@ -78,8 +79,12 @@ class GradientComputer:
         mask: str,
         max_length: int,
         head: MlmHead | None = None,
+        states: RowStates | None = None,
     ):
         check_objective(objective, base, head)
+        # clm_mlm_head: the rows' stored states entering θ's lowest block (stage lower_states);
+        # every pass then runs only the blocks above them
+        self.states = states
         self.base, self.space, self.objective, self.mask, self.max_length = (
             base,
             space,
@@ -122,7 +127,13 @@ class GradientComputer:
             return lambda t: nn.functional.cross_entropy(logits, t.to(logits.device))
         if self.objective == "clm_mlm_head":
             batch = build_masked_batch(
-                tok, masked, self.mask, self.max_length, self.head.pooling_length, self.base.model
+                tok,
+                masked,
+                self.mask,
+                self.max_length,
+                self.head.pooling_length,
+                self.base.model,
+                self.states,
             )
             pooled = pooled_mask_states(
                 self.base.model, batch, self.head.mask_embedding, self.head.pooling_length
@@ -270,7 +281,13 @@ class GradientComputer:
             return self._next_token_rows(prefixes)
         if self.objective == "clm_mlm_head":
             batch = build_masked_batch(
-                tok, masked, self.mask, self.max_length, self.head.pooling_length, self.base.model
+                tok,
+                masked,
+                self.mask,
+                self.max_length,
+                self.head.pooling_length,
+                self.base.model,
+                self.states,
             )
 
             def forward() -> torch.Tensor:
@@ -369,6 +386,42 @@ class GradientComputer:
         }[kind]
         return self._row_vectors_of(self.row_batch(masked), loss_of, where, masked)
 
+    def summed_vector(
+        self,
+        masked: list[str],
+        factual: list[str],
+        alternative: list[str],
+        kind: str,
+        where: str = "example",
+    ) -> torch.Tensor:
+        """(n,): the sum over the rows of each row's own ``kind`` vector (as ``vectors`` gives it
+        for the row alone), from one pass over all rows: the gradient of the summed row losses,
+        by linearity. Pre-pruning's importance is the mean of such vectors (§5.2)."""
+        t_f = torch.tensor([self.target_index(w) for w in factual])
+        t_a = torch.tensor([self.target_index(w) for w in alternative])
+        batch = self.row_batch(masked)
+        out = batch.forward()
+        losses = {
+            "factual": lambda: batch.loss(out, t_f),
+            "alternative": lambda: batch.loss(out, t_a),
+            "diff": lambda: batch.loss(out, t_f) - batch.loss(out, t_a),
+        }[kind]()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise GradiendError(
+                f"{where} {i}: the {kind} loss is {float(losses[i])} for example"
+                f" {masked[i][:80]!r}; check the base model weights and runtime.dtype (float32"
+                " is safest)."
+            )
+        vector = self._flatten(torch.autograd.grad(losses.sum(), self.tensors))
+        if not torch.isfinite(vector.sum()):  # as in _backward
+            raise GradiendError(
+                f"{where}s from {masked[0][:40]!r}: the {kind} gradient has NaN/inf entries;"
+                " check the base model weights and runtime.dtype (float32 is safest)."
+            )
+        return vector
+
     def neutral_rows_vectors(self, texts: list[str], rng: random.Random) -> torch.Tensor:
         """(R, n): ``neutral_vector`` of every text in one pass; ``rng`` makes the same draws, in
         the same order, as calling ``neutral_vector`` on each text in turn."""
@@ -423,13 +476,18 @@ def needed_kinds(source: str, target: str) -> tuple[str, ...]:
 
 
 def open_computer(params, base: BaseModel, space: ParamSpace) -> GradientComputer:
-    """The gradient computer for the configured objective (the pipeline's MLM head is loaded when
-    used)."""
-    from gradiend_core.workspace import MLM_HEAD
+    """The gradient computer for the configured objective (the pipeline's MLM head and the rows'
+    lower-block states are loaded when used)."""
+    from gradiend_core.lower_states import load_row_states
+    from gradiend_core.workspace import LOWER_STATES, MLM_HEAD
 
     grad = params.gradient
-    head = MlmHead.load(MLM_HEAD) if grad.objective == "clm_mlm_head" else None
-    return GradientComputer(base, space, grad.objective, params.feature.mask, grad.max_length, head)
+    head = states = None
+    if grad.objective == "clm_mlm_head":
+        head, states = MlmHead.load(MLM_HEAD), load_row_states(LOWER_STATES)
+    return GradientComputer(
+        base, space, grad.objective, params.feature.mask, grad.max_length, head, states
+    )
 
 
 # ---- vectors computed once and stored (the gradients stage) ----------------------------------

@@ -24,9 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from gradiend_core.block_cache import upper_blocks_only
 from gradiend_core.data import require_split_rows
 from gradiend_core.errors import GradiendError
 from gradiend_core.io import load_tensors, read_json, save_tensors, write_json
+from gradiend_core.lower_states import RowStates
 from gradiend_core.tokens import (
     SequenceBatch,
     causal_batch,
@@ -50,13 +52,23 @@ class MaskedBatch:
     mask_rows: torch.Tensor  # (M,)  text of each mask occurrence
     mask_flat: torch.Tensor  # (M,)  flat token index of each mask occurrence
     sequence_end: torch.Tensor  # (M,)  flat index one past the last token of its text
+    # (block L, (B, T, H) states entering it) from stage lower_states; None: run every block
+    lower: tuple[int, torch.Tensor] | None = None
 
 
 def build_masked_batch(
-    tokenizer, texts: list[str], mask: str, max_length: int, pooling_length: int, model=None
+    tokenizer,
+    texts: list[str],
+    mask: str,
+    max_length: int,
+    pooling_length: int,
+    model=None,
+    states: RowStates | None = None,
 ) -> MaskedBatch:
     """Tokenize ``texts`` (``tokenize_with_masks``) into one batch: packed when ``model`` is given
-    and keeps packed sequences apart (``tokens.causal_batch``), else left-padded."""
+    and keeps packed sequences apart (``tokens.causal_batch``), else left-padded. With the rows'
+    stored ``states`` (``lower_states``) the batch carries them, laid out like its tokens, and
+    its passes run only the blocks above them."""
     encoded = [tokenize_with_masks(tokenizer, t, mask, max_length, pooling_length) for t in texts]
     sequences = [e[0] for e in encoded]
     pad = tokenizer.pad_token_id
@@ -68,7 +80,10 @@ def build_masked_batch(
             rows.append(i)
             flat.append(starts[i] + m)
             end.append(ends[i])
-    return MaskedBatch(batch, torch.tensor(rows), torch.tensor(flat), torch.tensor(end))
+    lower = None
+    if states is not None:
+        lower = (states.first, states.layout(texts, sequences, batch))
+    return MaskedBatch(batch, torch.tensor(rows), torch.tensor(flat), torch.tensor(end), lower)
 
 
 def mask_vector(model: nn.Module) -> torch.Tensor:
@@ -78,23 +93,34 @@ def mask_vector(model: nn.Module) -> torch.Tensor:
 
 
 def pooled_mask_states(
-    model: nn.Module, batch: MaskedBatch, mask_embedding: torch.Tensor, pooling_length: int
+    model: nn.Module,
+    batch: MaskedBatch,
+    mask_embedding: torch.Tensor,
+    pooling_length: int,
+    lower: tuple[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(M, hidden): mean of the last hidden states over [p, p+P) for each mask occurrence, the
-    positions past the end of its text left out."""
+    positions past the end of its text left out. With ``lower`` (default: the batch's own), a
+    block index L and the (B, T, H) states entering it, only blocks L.. run."""
     device = mask_embedding.device
     seq = batch.sequences
-    ids = seq.input_ids.to(device)
-    embeds = model.get_input_embeddings()(ids)  # (B, T, H)
-    is_mask = torch.zeros(ids.numel(), dtype=torch.bool, device=device)
-    is_mask[batch.mask_flat.to(device)] = True
-    embeds = torch.where(
-        is_mask.view(ids.shape).unsqueeze(-1), mask_embedding.to(embeds.dtype), embeds
-    )
+    lower = lower if lower is not None else batch.lower
     inputs = seq.inputs(device)
-    del inputs["input_ids"]
-    # no cache: a cache would make the model ignore the packed position ids (tokens.py)
-    hidden = model.base_model(inputs_embeds=embeds, **inputs, use_cache=False).last_hidden_state
+    ids = inputs.pop("input_ids")
+    if lower is None:
+        embeds = model.get_input_embeddings()(ids)  # (B, T, H)
+        is_mask = torch.zeros(ids.numel(), dtype=torch.bool, device=device)
+        is_mask[batch.mask_flat.to(device)] = True
+        embeds = torch.where(
+            is_mask.view(ids.shape).unsqueeze(-1), mask_embedding.to(embeds.dtype), embeds
+        )
+        # no cache: a cache would make the model ignore the packed position ids (tokens.py)
+        hidden = model.base_model(inputs_embeds=embeds, **inputs, use_cache=False)
+    else:
+        first, states = lower
+        with upper_blocks_only(model, first):
+            hidden = model.base_model(inputs_embeds=states.to(device), **inputs, use_cache=False)
+    hidden = hidden.last_hidden_state
     flat = hidden.reshape(-1, hidden.shape[-1])  # (B·T, H)
     offsets = torch.arange(pooling_length, device=device)
     cols = batch.mask_flat.to(device).unsqueeze(1) + offsets  # (M, P)
@@ -248,14 +274,22 @@ def pooled_features(
     pooling_length: int,
     mask_embedding: torch.Tensor,
     batch_size: int,
+    states: RowStates | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled states of every mask occurrence, and the text index each belongs to."""
+    """Pooled states of every mask occurrence, and the text index each belongs to (from the
+    rows' stored lower-block ``states`` when given)."""
     from gradiend_core.runtime import progress
 
     feats, owners = [], []
     for start in progress(range(0, len(texts), batch_size), desc="pooled mask states"):
         batch = build_masked_batch(
-            tokenizer, texts[start : start + batch_size], mask, max_length, pooling_length, model
+            tokenizer,
+            texts[start : start + batch_size],
+            mask,
+            max_length,
+            pooling_length,
+            model,
+            states,
         )
         feats.append(pooled_mask_states(model, batch, mask_embedding, pooling_length).float().cpu())
         owners.append(batch.mask_rows + start)
@@ -271,7 +305,9 @@ class HeadFit:
     epoch_losses: list[float]
 
 
-def fit_mlm_head(model: nn.Module, tokenizer, examples, feature, gradient, settings) -> HeadFit:
+def fit_mlm_head(
+    model: nn.Module, tokenizer, examples, feature, gradient, settings, states=None
+) -> HeadFit:
     """Train the head on the frozen decoder's pooled states (docs/method.md §2.5).
 
     Args:
@@ -285,6 +321,8 @@ def fit_mlm_head(model: nn.Module, tokenizer, examples, feature, gradient, setti
             more right context but dilute the mask position's own state).
         settings: ``mlm_head`` params (epochs, batch size, AdamW learning rate and weight decay,
             seed of the initialisation and the epoch shuffles).
+        states: the rows' stored lower-block states (``lower_states.RowStates``), or None to
+            run every block.
     """
     require_single_token_targets(tokenizer, feature.targets)
     for split in ("train", "validation"):
@@ -308,6 +346,7 @@ def fit_mlm_head(model: nn.Module, tokenizer, examples, feature, gradient, setti
             pooling,
             head.mask_embedding,
             settings.batch_size,
+            states,
         )
         y = torch.tensor([head.label_index(w) for w in rows["factual"]])[owners]
         data[split] = (feats, y, len(rows))

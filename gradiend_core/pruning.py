@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # annotations only: post-pruning (the select stage) needs nei
     from gradiend_core.gradients import GradientComputer
 
 WEIGHT_SCORES = ("decoder", "encoder", "product")
+PASS_ROWS = 16  # pre-pruning examples whose summed gradient one pass computes
 
 
 def stratified_sample(
@@ -60,19 +61,21 @@ def stratified_sample(
 
 
 def importance(computer: GradientComputer, sample: pd.DataFrame, source: str) -> torch.Tensor:
-    """|mean of per-example signed gradients| over the sample; length = computer.size."""
+    """|mean of per-example signed gradients| over the sample; length = computer.size.
+
+    The sum of the per-example vectors is the gradient of the summed per-example losses, so
+    ``PASS_ROWS`` examples share one pass (``GradientComputer.summed_vector``) instead of one pass
+    each; the sum equals the per-example one up to float rounding."""
     total = torch.zeros(computer.size, dtype=torch.float64, device=computer.base.device)
-    for i, row in enumerate(
-        progress(sample.itertuples(index=False), total=len(sample), desc="pre_prune gradients")
-    ):
-        vec = computer.vectors(
-            [row.masked],
-            [row.factual],
-            [row.alternative],
-            (source,),
-            where=f"pre_prune example {i}",
-        )[source]
-        total += vec.double()
+    for start in progress(range(0, len(sample), PASS_ROWS), desc="pre_prune gradients"):
+        chunk = sample.iloc[start : start + PASS_ROWS]
+        total += computer.summed_vector(
+            chunk["masked"].tolist(),
+            chunk["factual"].tolist(),
+            chunk["alternative"].tolist(),
+            source,
+            where="pre_prune example",
+        ).double()
     return (total / len(sample)).abs().float()
 
 
@@ -99,9 +102,21 @@ def ranked(scores: torch.Tensor) -> torch.Tensor:
 
 
 def top_k(scores: torch.Tensor, topk: float | int, param: str = "pre_prune.topk") -> torch.Tensor:
-    """Indices (ascending) of the k largest scores; ties keep the lower index."""
+    """Indices (ascending) of the k largest scores; ties keep the lower index.
+
+    The same set as a prefix of ``ranked`` without sorting every score (a 35M-entry sort takes
+    ~6 s on 2 cores): every score above the k-th largest value is kept, and of those equal to
+    it the lowest indices fill the rest."""
+    scores = scores.detach().cpu()
     k = topk_count(topk, scores.numel(), param)
-    return ranked(scores)[:k].sort().values
+    if k == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    if torch.isnan(scores).any():  # NaN has no place among values; keep ranked's order
+        return ranked(scores)[:k].sort().values
+    threshold = torch.topk(scores, k, sorted=False).values.min()
+    above = (scores > threshold).nonzero().squeeze(1)
+    tied = (scores == threshold).nonzero().squeeze(1)[: k - len(above)]
+    return torch.cat([above, tied]).sort().values
 
 
 @dataclass(frozen=True)

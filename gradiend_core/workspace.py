@@ -3,10 +3,11 @@
 The paths here are the ones ``dvc.yaml`` declares; ``tests/test_dvc_pipeline.py`` checks that each
 stage reads only its declared deps and params and writes exactly its declared outputs.
 
-Stages shared by the whole feature (base_model, data, mlm_head) write one artifact each. Stages
-that belong to one contrasted pair (``feature.pairs``, e.g. ``he-she``) write under the pair's name
-inside their stage's folder — ``models/pre_prune/he-she``, ``metrics/evaluate_decoder/he-she.json``
-— and the suite-wide stages (select, evaluate_encoder, compare) write one file over every pair.
+Stages shared by the whole feature (base_model, data, lower_states, mlm_head) write one artifact
+each. Stages that belong to one contrasted pair (``feature.pairs``, e.g. ``he-she``) write under
+the pair's name inside their stage's folder — ``models/pre_prune/he-she``,
+``metrics/evaluate_decoder/he-she.json`` — and the suite-wide stages (select, evaluate_encoder,
+compare) write one file over every pair.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ BASE_MODEL = Path("models/base")
 EXAMPLES = Path("data/examples.parquet")
 NEUTRAL = Path("data/neutral.parquet")
 MLM_HEAD = Path("models/mlm_head")
+LOWER_STATES = Path("models/lower_states.safetensors")
 PRE_PRUNE = Path("models/pre_prune")
 GRADIENT_STORE = Path("models/gradients")
 GRADIENDS = Path("models/gradiend")

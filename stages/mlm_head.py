@@ -6,10 +6,11 @@ import logging
 from gradiend_core.base_model import open_base
 from gradiend_core.data import load_examples
 from gradiend_core.io import atomic_dir, write_csv, write_json
+from gradiend_core.lower_states import load_row_states
 from gradiend_core.mlm_head import fit_mlm_head, require_causal, write_unused_record
 from gradiend_core.params import load_params
 from gradiend_core.runtime import run_stage, seed_everything
-from gradiend_core.workspace import EXAMPLES, METRICS, MLM_HEAD, PLOTS
+from gradiend_core.workspace import EXAMPLES, LOWER_STATES, METRICS, MLM_HEAD, PLOTS
 
 LOG = logging.getLogger("stages.mlm_head")
 
@@ -28,8 +29,15 @@ def main() -> None:
     base = open_base(params)
     require_causal(base.kind)
     examples = load_examples(EXAMPLES, params.feature.mask)
+    states = load_row_states(LOWER_STATES)
     fit = fit_mlm_head(
-        base.model, base.tokenizer, examples, params.feature, params.gradient, params.mlm_head
+        base.model,
+        base.tokenizer,
+        examples,
+        params.feature,
+        params.gradient,
+        params.mlm_head,
+        states,
     )
     with atomic_dir(MLM_HEAD) as tmp:
         fit.head.save(tmp, {})

@@ -123,3 +123,46 @@ def test_importance_is_the_absolute_signed_mean_of_per_example_vectors(causal_ba
     # Pruning by it keeps the largest-importance coordinates.
     k = math.ceil(0.01 * space.full_size)
     assert top_k(got, 0.01).tolist() == reference_top_k(got.tolist(), k)
+
+
+@pytest.mark.parametrize("k", [1, 7, 100, 999, 1500, 2000])
+def test_top_k_with_many_ties_equals_the_stable_sort_prefix(k):
+    """The k-th-value threshold path keeps exactly the stable-sort prefix, however many scores
+    tie at the threshold."""
+    scores = torch.randint(0, 20, (2000,), generator=torch.Generator().manual_seed(k)).float()
+    assert top_k(scores, k).tolist() == reference_top_k(scores.tolist(), k)
+
+
+def test_importance_sums_rows_across_shared_passes_for_the_mlm_head(causal_base, monkeypatch):
+    """clm_mlm_head, two rows per pass (so three examples take two passes): the importance is
+    still |mean| of the per-example vectors from hand-pooled whole texts."""
+    from test_gradients import make_head, ref_head
+
+    import gradiend_core.pruning as pruning
+
+    calls = []
+    real = GradientComputer.summed_vector
+    monkeypatch.setattr(pruning, "PASS_ROWS", 2)
+    monkeypatch.setattr(
+        GradientComputer, "summed_vector", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    space = full_space(causal_base)
+    head = make_head(causal_base)
+    sample = pd.DataFrame(
+        {
+            "masked": [EX1, EX2, EX3],
+            "factual": ["he", "she", "he"],
+            "alternative": ["she", "he", "she"],
+            "factual_class": ["he", "she", "he"],
+        }
+    )
+    vectors = [
+        ref_head(causal_base, space, head, r.masked, r.factual)
+        - ref_head(causal_base, space, head, r.masked, r.alternative)
+        for r in sample.itertuples(index=False)
+    ]
+    expected = torch.stack(vectors).double().mean(0).abs()
+    computer = GradientComputer(causal_base, space, "clm_mlm_head", MASK, max_length=64, head=head)
+    got = importance(computer, sample, "diff")
+    assert len(calls) == 2 and expected.max() > 0
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-4)
