@@ -7,8 +7,9 @@ A lent GPU machine receives at most 64 MiB of files, so the SmolLM2 weights (538
 ``prepare`` copies the base model's config and tokenizer, the pre-pruned θ, the selected GRADIEND,
 the MLM head and the data tables; ``run`` builds the same architecture with seeded random weights
 (the cost of a step, a grid point or a decoder evaluation does not depend on the weight values;
-the decoder evaluation's *choices* do, so only its timings are reported) and runs
-``benchmarks.run`` once per dtype with ``runtime.device: cuda``. The results land in
+the decoder evaluation's *choices* do, so only its timings are reported), then once per dtype with
+``runtime.device: cuda`` recomputes the rows' lower-block states from those weights (stage
+lower_states) and runs ``benchmarks.run``. The results land in
 ``DIR/gpu_<dtype>.json`` and are recorded in benchmarks/results/gpu.json.
 """
 
@@ -75,6 +76,8 @@ def run(out: Path, steps: int) -> None:
         Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
         results = Path("benchmarks/results/summary.json")
         results.unlink(missing_ok=True)
+        # the rows' lower-block states belong to the random weights and the dtype: recomputed here
+        subprocess.run([sys.executable, "-m", "stages.lower_states"], check=True)
         subprocess.run([sys.executable, "-m", "benchmarks.run", "--steps", str(steps)], check=True)
         summary = json.loads(results.read_text(encoding="utf-8"))
         summary["scaling"] = json.loads(

@@ -83,6 +83,7 @@ def test_every_stage_ran_and_the_lock_has_exactly_those_stages(repo):
     expected = [
         "base_model",
         "data",
+        "lower_states",
         "mlm_head",
         f"pre_prune@{P}",
         f"gradients@{P}",
@@ -271,6 +272,7 @@ def test_exp_run_with_a_new_learning_rate_reruns_training_and_changes_train_metr
     assert not ran & {
         "base_model",
         "data",
+        "lower_states",
         "mlm_head",
         f"pre_prune@{P}",
         f"gradients@{P}",
