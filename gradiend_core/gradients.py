@@ -25,7 +25,7 @@ from torch import nn
 from gradiend_core.base_model import BaseModel, ParamSpace, set_requires_grad
 from gradiend_core.errors import GradiendError
 from gradiend_core.feature import ClassPair
-from gradiend_core.lower_states import RowStates
+from gradiend_core.lower_states import RowStates, states_block
 from gradiend_core.mlm_head import MlmHead, build_masked_batch, pooled_mask_states
 from gradiend_core.row_gradients import RowGradients, membership
 from gradiend_core.runtime import progress
@@ -83,8 +83,11 @@ class GradientComputer:
     ):
         check_objective(objective, base, head)
         # clm_mlm_head: the rows' stored states entering θ's lowest block (stage lower_states);
-        # every pass then runs only the blocks above them
-        self.states = states
+        # every pass then runs only the blocks above them. States stored above θ's lowest block
+        # (made for another θ, e.g. a benchmark's whole backbone) cannot serve: full passes then.
+        lowest = states_block(space)
+        usable = states is not None and lowest is not None and states.first <= lowest
+        self.states = states if usable else None
         self.base, self.space, self.objective, self.mask, self.max_length = (
             base,
             space,

@@ -114,6 +114,32 @@ def test_gradient_vectors_with_states_equal_those_without(causal_base):
     )
 
 
+def test_states_above_thetas_lowest_block_are_not_used(causal_base):
+    """States entering block 1 cannot serve a θ that includes block 0: the computer runs full
+    passes (block 0 runs) and its vectors equal a computer's without states, with a nonzero
+    block-0 part."""
+    space = full_space(causal_base)
+    assert states_block(space) is None or states_block(space) == 0
+    head = make_head(causal_base)
+    states = row_states(causal_base)
+    plain = GradientComputer(causal_base, space, "clm_mlm_head", MASK, 64, head)
+    given = GradientComputer(causal_base, space, "clm_mlm_head", MASK, 64, head, states)
+    assert given.states is None
+    masked, factual, alternative = TEXTS[:2], ["he", "she"], ["she", "he"]
+    a = plain.vectors(masked, factual, alternative, ("diff",))["diff"]
+    b = given.vectors(masked, factual, alternative, ("diff",))["diff"]
+    torch.testing.assert_close(b, a)
+    block0 = [
+        (off, off + n)
+        for name, off, n in zip(space.names, space.offsets(), space.numels, strict=True)
+        if ".layers.0." in name
+    ]
+    assert block0 and all(b[lo:hi].abs().max() > 0 for lo, hi in block0)
+    frame = pd.DataFrame({"masked": masked, "factual": factual, "alternative": alternative})
+    frame["factual_class"] = factual
+    torch.testing.assert_close(importance(given, frame, "diff"), importance(plain, frame, "diff"))
+
+
 def test_saved_states_read_back_exactly_and_the_bytes_repeat(causal_base, tmp_path):
     states = row_states(causal_base)
     save_row_states(tmp_path / "a.safetensors", states)
