@@ -1,6 +1,7 @@
 """Benchmarks: floor ratio, phase split, decoder grid-point cost and scaling in n.
 
     python -m benchmarks.run [--steps 5] [--scaling 0.001,0.01,0.1,1.0]
+    python -m benchmarks.run --decoder-only OUT.json   # the decoder evaluation alone
 
 Needs the pipeline's base model, data and pre-prune outputs (run `dvc repro pre_prune` first; the
 README's first command does). Prints a table and writes benchmarks/results/summary.json plus
@@ -53,9 +54,10 @@ def device_line() -> str:
     cpu = platform.processor() or platform.machine()
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}; torch {torch.__version__}"
+    isa = torch.backends.cpu.get_cpu_capability()  # AVX2 and AVX-512 hosts differ ~1.4x in speed
     return (
-        f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; torch"
-        f" {torch.__version__}"
+        f"CPU {cpu} ({isa} kernels), {os.cpu_count()} cores, {torch.get_num_threads()} torch"
+        f" threads; torch {torch.__version__}"
     )
 
 
@@ -243,10 +245,24 @@ def main() -> None:
         default="0.001,0.01,0.1,1.0",
         help="pre-prune top-k fractions for the scaling curve",
     )
+    parser.add_argument(
+        "--decoder-only",
+        type=Path,
+        metavar="JSON",
+        help="measure only the decoder evaluation (full passes over every grid point against"
+        " lower blocks reused + bracket search) and write it to JSON; e.g. in an example's"
+        " finished clone (examples/work/<name>) for another model",
+    )
     args = parser.parse_args()
     params = load_params()
     torch.manual_seed(0)
     base = open_base(params)
+    if args.decoder_only:
+        decoder = {"device": device_line(), "model": params.model.source}
+        decoder.update(bench_decoder(params, base))
+        write_json(args.decoder_only, decoder)
+        print(json.dumps(decoder, indent=2))
+        return
     pruned = ParamSpace.load(pre_prune_dir(params.feature.pairs[0]))
     examples = load_examples(EXAMPLES, params.feature.mask)
     train_rows = examples[examples["split"] == "train"]
