@@ -122,6 +122,19 @@ class GradientComputer:
         packed, or left-padded, batch: ``tokens.causal_batch``)."""
         return self._next_token_rows(prefixes).forward()
 
+    def _masked_batch(self, masked: list[str]):
+        """The ``clm_mlm_head`` batch of ``masked`` (packed when the model allows, carrying the
+        rows' stored lower-block states when there are any)."""
+        return build_masked_batch(
+            self.base.tokenizer,
+            masked,
+            self.mask,
+            self.max_length,
+            self.head.pooling_length,
+            self.base.model,
+            self.states,
+        )
+
     def _loss_fn(self, masked: list[str]) -> LossFn:
         tok = self.base.tokenizer
         if self.objective == "clm_next_token":
@@ -129,15 +142,7 @@ class GradientComputer:
             logits = self._next_token_logits(prefixes)
             return lambda t: nn.functional.cross_entropy(logits, t.to(logits.device))
         if self.objective == "clm_mlm_head":
-            batch = build_masked_batch(
-                tok,
-                masked,
-                self.mask,
-                self.max_length,
-                self.head.pooling_length,
-                self.base.model,
-                self.states,
-            )
+            batch = self._masked_batch(masked)
             pooled = pooled_mask_states(
                 self.base.model, batch, self.head.mask_embedding, self.head.pooling_length
             )
@@ -283,15 +288,7 @@ class GradientComputer:
             prefixes = [causal_prefix_ids(tok, m, self.mask, self.max_length) for m in masked]
             return self._next_token_rows(prefixes)
         if self.objective == "clm_mlm_head":
-            batch = build_masked_batch(
-                tok,
-                masked,
-                self.mask,
-                self.max_length,
-                self.head.pooling_length,
-                self.base.model,
-                self.states,
-            )
+            batch = self._masked_batch(masked)
 
             def forward() -> torch.Tensor:
                 pooled = pooled_mask_states(

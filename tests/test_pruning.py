@@ -96,10 +96,8 @@ def test_stratified_sample_needs_every_class():
         stratified_sample(rows_frame(5, 0), ["he", "she"], 4, seed=0)
 
 
-@pytest.mark.parametrize("source", ["diff", "alternative"])
-def test_importance_is_the_absolute_signed_mean_of_per_example_vectors(causal_base, source):
-    space = full_space(causal_base)
-    sample = pd.DataFrame(
+def three_examples() -> pd.DataFrame:
+    return pd.DataFrame(
         {
             "masked": [EX1, EX2, EX3],
             "factual": ["he", "she", "he"],
@@ -107,6 +105,12 @@ def test_importance_is_the_absolute_signed_mean_of_per_example_vectors(causal_ba
             "factual_class": ["he", "she", "he"],
         }
     )
+
+
+@pytest.mark.parametrize("source", ["diff", "alternative"])
+def test_importance_is_the_absolute_signed_mean_of_per_example_vectors(causal_base, source):
+    space = full_space(causal_base)
+    sample = three_examples()
     vectors = []
     for r in sample.itertuples(index=False):
         g_f = ref_clm_next_token(causal_base, space, r.masked, r.factual)
@@ -148,14 +152,7 @@ def test_importance_sums_rows_across_shared_passes_for_the_mlm_head(causal_base,
     )
     space = full_space(causal_base)
     head = make_head(causal_base)
-    sample = pd.DataFrame(
-        {
-            "masked": [EX1, EX2, EX3],
-            "factual": ["he", "she", "he"],
-            "alternative": ["she", "he", "she"],
-            "factual_class": ["he", "she", "he"],
-        }
-    )
+    sample = three_examples()
     vectors = [
         ref_head(causal_base, space, head, r.masked, r.factual)
         - ref_head(causal_base, space, head, r.masked, r.alternative)
