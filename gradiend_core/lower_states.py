@@ -140,6 +140,53 @@ def compute_row_states(
     return RowStates(first, {t: i for i, t in enumerate(unique)}, ids, states)
 
 
+def states_nbytes(
+    model: nn.Module, tokenizer, texts: list[str], mask: str, max_length: int, pooling_length: int
+) -> int:
+    """Bytes the states of the distinct ``texts`` take: one hidden vector in the model's dtype per
+    token of each row as ``build_masked_batch`` tokenizes it (nothing runs through the model)."""
+    from gradiend_core.tokens import tokenize_with_masks
+
+    tokens = sum(
+        len(tokenize_with_masks(tokenizer, t, mask, max_length, pooling_length)[0])
+        for t in dict.fromkeys(texts)
+    )
+    weight = model.get_input_embeddings().weight
+    return tokens * weight.shape[-1] * weight.element_size()
+
+
+def stored_row_states(
+    model: nn.Module, tokenizer, texts: list[str], mask: str, gradient, mask_embedding, space
+) -> tuple[RowStates | None, str]:
+    """What stage ``lower_states`` stores for ``clm_mlm_head``: the rows' states entering θ's
+    lowest block, or None and the reason (θ reaches below the blocks; the states would exceed
+    ``gradient.lower_states_max_gb``; an upper-block pass from them is not exact)."""
+    first = states_block(space)
+    if first is None:
+        return None, "θ reaches below the transformer blocks"
+    size = states_nbytes(
+        model, tokenizer, texts, mask, gradient.max_length, gradient.pooling_length
+    )
+    if size > gradient.lower_states_max_gb * 1e9:
+        return None, (
+            f"the states would take {size / 1e9:.3g} GB, more than gradient.lower_states_max_gb ="
+            f" {gradient.lower_states_max_gb:g}; raise it to reuse them"
+        )
+    states = compute_row_states(
+        model,
+        tokenizer,
+        texts,
+        mask,
+        gradient.max_length,
+        gradient.pooling_length,
+        mask_embedding,
+        first,
+    )
+    if states is None:
+        return None, "an upper-block pass from recorded states is not exact on this model"
+    return states, ""
+
+
 def save_row_states(path: str | Path, states: RowStates | None, reason: str = "") -> None:
     """One safetensors file: every row's ids and states end to end, their lengths, and (one JSON
     object under one metadata key) ``first`` and the texts in order. Without states (``None``)

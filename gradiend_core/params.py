@@ -376,6 +376,12 @@ class GradientParams(Section):
         doc="`clm_mlm_head` only: the mask position and the next P-1 positions (which see the "
         "right context) are mean-pooled into the head's input.",
     )
+    lower_states_max_gb: float = req(
+        non_negative(),
+        doc="`clm_mlm_head` only: most gigabytes (1e9 bytes) of hidden states that stage "
+        "`lower_states` stores (one vector per token of every masked row); with more, or 0, none "
+        "are stored and later stages run every block (results equal up to float rounding, slower).",
+    )
 
 
 @dataclass(frozen=True)

@@ -183,3 +183,35 @@ def test_a_model_that_transforms_inputs_embeds_gets_no_states(causal_base):
     gpt2 = BaseModel(GPT2LMHeadModel(config).eval(), tok, "causal", torch.device("cpu"))
     assert row_states(gpt2) is None
     assert row_states(causal_base) is not None  # the same texts on Llama are exact
+
+
+def test_the_stage_stores_states_within_the_size_cap_and_none_above_it(causal_base):
+    """``stored_row_states``: the size is one hidden vector per token of each distinct row (counted
+    here from the batch the consumers build), states are stored at a cap of exactly that size,
+    and above it none are, with a reason that names the param; θ from block 0 gets none."""
+    from types import SimpleNamespace
+
+    from gradiend_core.lower_states import states_nbytes, stored_row_states
+
+    model, tok = causal_base.model, causal_base.tokenizer
+    batch = build_masked_batch(tok, TEXTS, MASK, 64, 3)
+    hidden = model.config.hidden_size
+    expected = int(batch.sequences.lengths.sum()) * hidden * 4  # float32
+    assert states_nbytes(model, tok, [*TEXTS, EX1], MASK, 64, 3) == expected
+    head = make_head(causal_base)
+    space = full_space(causal_base, first_layer=1)
+    for cap_gb, stored in ((expected / 1e9, True), (expected / 1e9 * 0.999, False), (0, False)):
+        gradient = SimpleNamespace(max_length=64, pooling_length=3, lower_states_max_gb=cap_gb)
+        states, reason = stored_row_states(
+            model, tok, TEXTS, MASK, gradient, head.mask_embedding, space
+        )
+        assert (states is not None) == stored
+        if stored:
+            assert reason == "" and states.first == 1 and len(states.ids) == len(TEXTS)
+        else:
+            assert "gradient.lower_states_max_gb" in reason
+    gradient = SimpleNamespace(max_length=64, pooling_length=3, lower_states_max_gb=4)
+    states, reason = stored_row_states(
+        model, tok, TEXTS, MASK, gradient, head.mask_embedding, full_space(causal_base)
+    )
+    assert states is None and "below the transformer blocks" in reason
