@@ -84,6 +84,63 @@ def test_fresh_clone_reproduces_committed_lock(fresh_clone):
     assert json.loads(status.stdout) == {}
 
 
+# Every numeric metric of the fresh run equals the committed one within this tolerance (absolute,
+# or relative for large counts) on any platform; on the platform that made the lock the bytes are
+# equal (above). Between AVX2 and AVX-512 kernels the default metrics moved by < 0.001.
+METRIC_ABS_TOL = 0.005
+METRIC_REL_TOL = 0.005
+
+
+def numeric_leaves(obj, path: str = ""):
+    """(path, value) of every int or float in a JSON value (booleans are not numbers here)."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from numeric_leaves(value, f"{path}.{key}" if path else key)
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            yield from numeric_leaves(value, f"{path}[{i}]")
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, obj
+
+
+def metric_differences(committed: dict, fresh: dict) -> list[str]:
+    """The leaves that differ beyond the tolerance, or exist on one side only."""
+    a, b = dict(numeric_leaves(committed)), dict(numeric_leaves(fresh))
+    out = [f"{k}: only one side" for k in sorted(a.keys() ^ b.keys())]
+    for k in sorted(a.keys() & b.keys()):
+        if abs(a[k] - b[k]) > max(METRIC_ABS_TOL, METRIC_REL_TOL * abs(a[k])):
+            out.append(f"{k}: committed {a[k]}, fresh {b[k]}")
+    return out
+
+
+def test_metric_differences_flags_values_beyond_the_tolerance():
+    committed = {"a": 0.5, "n": 1000, "ok": True, "rows": [{"p": 0.1}]}
+    assert metric_differences(committed, committed) == []
+    near = {"a": 0.504, "n": 1004, "ok": False, "rows": [{"p": 0.1}]}
+    assert metric_differences(committed, near) == []
+    far = {"a": 0.51, "n": 1006, "ok": True, "rows": [{"p": 0.1}, {"p": 0.2}]}
+    assert metric_differences(committed, far) == [
+        "a: committed 0.5, fresh 0.51",
+        "n: committed 1000, fresh 1006",
+        "rows[1].p: only one side",
+    ]
+
+
+def test_metrics_equal_the_committed_ones_within_tolerance(fresh_clone):
+    files = sorted((REPO / "metrics").rglob("*.json"))
+    assert files
+    problems = []
+    for committed in files:
+        rel = committed.relative_to(REPO)
+        fresh = fresh_clone / rel
+        assert fresh.exists(), f"{rel} was not produced"
+        for line in metric_differences(
+            json.loads(committed.read_text()), json.loads(fresh.read_text())
+        ):
+            problems.append(f"{rel} {line}")
+    assert not problems, "\n".join(problems[:20])
+
+
 def test_default_gradiend_converges(fresh_clone):
     assert _metrics(fresh_clone, "select")["converged"] is True
     assert _metrics(fresh_clone, "evaluate_encoder")["correlation"] >= 0.8
