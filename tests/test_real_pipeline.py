@@ -120,9 +120,9 @@ def test_metric_differences_flags_values_beyond_the_tolerance():
     assert metric_differences(committed, near) == []
     far = {"a": 0.51, "n": 1006, "ok": True, "rows": [{"p": 0.1}, {"p": 0.2}]}
     assert metric_differences(committed, far) == [
+        "rows[1].p: only one side",
         "a: committed 0.5, fresh 0.51",
         "n: committed 1000, fresh 1006",
-        "rows[1].p: only one side",
     ]
 
 
