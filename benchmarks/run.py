@@ -10,7 +10,9 @@ names it in ``device``.
 
 * floor: the base model's own passes a training step needs — one forward and one backward per needed
   vector (alternative + diff = 2), plain ``loss.backward()`` into ``.grad`` over θ's tensors;
-* full step: gradient extraction into the flat kept vector + GRADIEND update (closed form + AdamW);
+* full step: the same passes with θ's gradients read in place (``Segments``: the kept coordinates of
+  a pruned tensor are gathered, a whole tensor is not copied) + GRADIEND update (closed form +
+  AdamW, ``Gradiend.fused_update``), as a training step that computes its gradients on the fly;
 * grid point: apply the edit in place, measure probabilities + LMS, restore; compared with one plain
   measurement of the unedited model.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
@@ -120,10 +123,14 @@ def bench_step(params, base, space: ParamSpace, batch, steps: int) -> dict:
     def full() -> None:
         sync()
         a = time.perf_counter()
-        vec = computer.vectors(masked, fact, alt, kinds)
+        # The gradients as θ's tensors hold them (Segments, no n-sized copy); the update reads them
+        # in place, and its loss is the NaN/inf check (training raises on a non-finite loss).
+        vec = computer.vectors(masked, fact, alt, kinds, flat=False)
         sync()
         b = time.perf_counter()
-        model.fused_update(vec[t.source], vec[t.target], optim)
+        loss = model.fused_update(vec[t.source], vec[t.target], optim)
+        if not math.isfinite(loss):
+            raise RuntimeError(f"non-finite GRADIEND loss {loss}")
         sync()
         c = time.perf_counter()
         phases["extract"].append(b - a)

@@ -17,12 +17,14 @@ chunk over the n coordinates in three passes, in place, without any (B, n) or n-
 
     pass 1: ‖s_b‖² and W_e s_b                    -> ŝ's scale, z, h
     pass 2: r = W_d h + b_d - t; Σ r², W_dᵀ r      -> the loss, ∂/∂z
-    pass 3: r again; the chunk's gradients, then AdamW on the chunks of W_d, b_d, W_e
+            and, since ∂/∂W_d and ∂/∂b_d need h alone, AdamW on the chunk of W_d and b_d
+    pass 3: ∂/∂W_e from s, AdamW on the chunk of W_e
 
 Each chunk (``UPDATE_CHUNK`` coordinates) stays in cache between its operations, so the update
-streams each n-sized tensor once per pass that needs it: ~25 passes over memory for B = 1, AdamW's
+streams each n-sized tensor once per pass that needs it: 22 passes over memory for B = 1, AdamW's
 own 18 included, where ``closed_form_grads`` + AdamW made ~50 and allocated ~9 fresh n-sized
-tensors. At n = 35M it is memory-bound (~0.2-0.3 s against ~1.6 s on a 2-core CPU).
+tensors. At n = 35M it is memory-bound: ~0.13 s on one core of a 2-core CPU, ~0.09 s with the
+chunks shared between two threads (``UPDATE_PARALLEL_MIN``), against ~1.6 s before.
 
 ŝ is the encoder's view of the source (§4.1, ``input_normalization``): ``unit`` (the default) is
 s / ‖s‖, the gradient's direction, so the feature value never depends on the gradient's size (which
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +46,14 @@ from torch import nn
 from gradiend_core.base_model import ParamSpace
 from gradiend_core.feature import ClassPair
 from gradiend_core.io import atomic_dir, load_tensors, read_json, save_tensors, write_json
+from gradiend_core.segments import Segments
 
 # How the encoder reads a source gradient (module docstring): its direction, or the raw vector.
 INPUT_NORMALIZATIONS = ("unit", "none")
 
-# Coordinates per chunk of ``Gradiend.fused_update``: 2^18 float32 = 1 MiB per tensor, so the pass-3
-# temporaries (residual and three gradient chunks, 4 MiB) stay in the last-level cache while the
-# ~16 chunk streams go by, and n = 35M takes 135 chunks of ~10 small operations per pass. Measured
+# Coordinates per chunk of ``Gradiend.fused_update``: 2^18 float32 = 1 MiB per tensor, so the pass-2
+# temporaries (residual and two gradient chunks, 3 MiB per worker) stay in the last-level cache
+# while the ~13 chunk streams go by, and n = 35M takes 135 chunks of ~8 small operations. Measured
 # at n = 35.4M on a 2-core CPU: 2^16 costs ~1.5x (4x the chunks, the per-operation overhead
 # shows); 2^17..2^20 are within noise of each other. The chunk size sets only the summation order
 # of the reductions (float rounding), the same for every n.
@@ -58,6 +62,15 @@ UPDATE_CHUNK = 1 << 18
 # 49 ms at n = 35.4M on an H200, against ~1 ms of memory traffic), so chunks there are 32x larger
 # (n = 35.4M in 5 chunks; the pass-3 temporaries at batch 8 take ~0.4 GB of device memory).
 UPDATE_CHUNK_DEVICE = 1 << 23
+# From this many coordinates on, a CPU update shares its chunks among up to ``UPDATE_WORKERS_MAX``
+# threads (as many as torch's intra-op threads, ``runtime.num_threads``), each running its share's
+# small operations on one torch thread: a single thread streams only one or two tensors at a time
+# and reaches ~60 % of the memory bandwidth, while torch's own two-thread operations pay a fork-join
+# per operation and stall whenever a core is shared. Measured on 2 cores (one worker -> two):
+# n = 2^20 4.1 -> 3.0 ms, 3.5M 13.4 -> 9.0 ms, 35.4M 0.13 -> 0.085 s. Every worker writes its own
+# chunks and its own partial sums, so the bytes are the same for any number of workers.
+UPDATE_PARALLEL_MIN = 1 << 20
+UPDATE_WORKERS_MAX = 4
 
 
 class Gradiend(nn.Module):
@@ -134,8 +147,8 @@ class Gradiend(nn.Module):
     @torch.no_grad()
     def fused_update(
         self,
-        source: torch.Tensor | Sequence[torch.Tensor],
-        target: torch.Tensor | Sequence[torch.Tensor],
+        source: Row | Sequence[Row],
+        target: Row | Sequence[Row],
         optimizer: GradiendAdamW,
         chunk: int | None = None,
     ) -> float:
@@ -143,16 +156,18 @@ class Gradiend(nn.Module):
 
         The gradients are ``closed_form_grads``'s and the update is ``torch.optim.AdamW``'s
         (fused kernel, amsgrad and maximize off), up to float rounding; nothing is stored in
-        ``.grad``. ``source`` and ``target`` are (B, n), (n,) or B rows of n (views are read,
-        never copied). A non-finite loss is returned without touching the weights or the state.
-        ``chunk`` (coordinates per chunk, default ``UPDATE_CHUNK`` on the CPU and
-        ``UPDATE_CHUNK_DEVICE`` elsewhere) changes only float rounding.
+        ``.grad``. ``source`` and ``target`` are (B, n), (n,) or B rows of n, each row a tensor
+        or ``Segments`` (views are read, never copied). Any NaN or inf coordinate of a source or
+        target row makes the returned loss non-finite, so callers that skip their own scan still
+        catch it: a bad source is found before anything changes (weights and state untouched); a
+        bad target only in the pass that also steps W_d and b_d, which are then spoilt (the
+        caller stops; training raises). ``chunk`` (coordinates per chunk, default
+        ``UPDATE_CHUNK`` on the CPU and ``UPDATE_CHUNK_DEVICE`` elsewhere) changes only float
+        rounding.
 
-        On the CPU the chunk loop runs on one thread (restored after): with two, each of its
-        small operations is a fork-join of the threads, which costs more than the memory
-        bandwidth a second thread adds, and stalls for milliseconds per operation when the cores
-        are shared (measured: AdamW over 2^18-coordinate chunks 0.5-1 s with two threads under
-        load, 0.15 s with one).
+        On the CPU every operation of the chunk loop runs on one torch thread (the setting is
+        restored after); from ``UPDATE_PARALLEL_MIN`` coordinates on the chunks are shared among
+        worker threads (see there), with the same bytes as one.
         """
         n, d = self.input_dim, self.latent_dim
         sources, targets = _rows(source, n), _rows(target, n)
@@ -164,35 +179,48 @@ class Gradiend(nn.Module):
             torch.set_num_threads(1)
         try:
             chunk = max(1, min(chunk or (UPDATE_CHUNK if cpu else UPDATE_CHUNK_DEVICE), n))
-            return self._fused_update(sources, targets, optimizer, chunk, d)
+            workers = 1
+            if cpu and n >= UPDATE_PARALLEL_MIN:
+                workers = max(1, min(threads, UPDATE_WORKERS_MAX))
+            return self._fused_update(sources, targets, optimizer, chunk, d, workers)
         finally:
             if cpu:
                 torch.set_num_threads(threads)
 
     def _fused_update(
         self,
-        sources: list[torch.Tensor],
-        targets: list[torch.Tensor],
+        sources: list[Row],
+        targets: list[Row],
         opt: GradiendAdamW,
         chunk: int,
         d: int,
+        workers: int = 1,
     ) -> float:
         n, batch = self.input_dim, len(sources)
         w_e, w_d, b_d = self.encoder_weight, self.decoder_weight, self.decoder_bias
         w_e_rows = [w_e[j] for j in range(d)]  # (n,) each, contiguous
-        starts = range(0, n, chunk)
+        chunks = _chunks([*sources, *targets], n, chunk)
+        s_views = [_views(s, chunks) for s in sources]  # [b][chunk]
+        t_views = [_views(t, chunks) for t in targets]
         dev, dt = b_d.device, b_d.dtype
         unit = self.input_normalization == "unit"
+        shares = _shares(chunks, workers)
+        width_max = min(chunk, n)
 
         # Pass 1: per chunk and row, ‖s_b‖² (unit only) and W_e s_b; summed in float64 below.
-        part = torch.zeros(len(starts), batch, 1 + d, device=dev, dtype=dt)
-        for ci, i in enumerate(starts):
-            for b, s in enumerate(sources):
-                s_c = s[i : i + chunk]
-                if unit:
-                    torch.dot(s_c, s_c, out=part[ci, b, 0])
-                for j in range(d):
-                    torch.dot(s_c, w_e_rows[j][i : i + chunk], out=part[ci, b, 1 + j])
+        part = torch.zeros(len(chunks), batch, 1 + d, device=dev, dtype=dt)
+
+        def pass_1(share: range) -> None:
+            for ci in share:
+                i, width = chunks[ci]
+                for b in range(batch):
+                    s_c = s_views[b][ci]
+                    if unit:
+                        torch.dot(s_c, s_c, out=part[ci, b, 0])
+                    for j in range(d):
+                        torch.dot(s_c, w_e_rows[j][i : i + width], out=part[ci, b, 1 + j])
+
+        _run(pass_1, shares)
         sums = part.double().sum(0)  # (B, 1 + d)
         if unit:
             norm = sums[:, 0].sqrt()
@@ -202,40 +230,61 @@ class Gradiend(nn.Module):
         z = sums[:, 1:] * scale[:, None] + self.encoder_bias.double()
         h = torch.tanh(z).to(dt)  # (B, d)
         h_list = h.tolist()
+        if not all(math.isfinite(x) for row in h_list for x in row):
+            return math.nan  # a NaN/inf source coordinate: nothing is touched
 
-        residual = torch.empty(batch, min(chunk, n), device=dev, dtype=dt)
+        # The chunked AdamW tensors: W_d (chunks of its rows), b_d, and W_e row by row.
+        dec = ("decoder_weight", "decoder_bias")
+        dec_m, dec_v = ([m[k] for k in dec] for m in (opt.exp_avg, opt.exp_avg_sq))
+        enc_m, enc_v = (list(m["encoder_weight"]) for m in (opt.exp_avg, opt.exp_avg_sq))
+        dec_steps = [opt.step[k] for k in dec]
+        enc_steps = [opt.step["encoder_weight"]] * d
+        k = 2.0 / (batch * n)  # R = k r
+        # Row weights of the chunk gradients: ∂W_d[:, j] = Σ_b k h_bj r_b, ∂b_d = Σ_b k r_b.
+        dec_w = [[k * h_list[b][j] for b in range(batch)] for j in range(d)]
+        bias_w = [k] * batch
+        opt.begin_step()
 
-        def residual_chunk(i: int, width: int) -> torch.Tensor:
-            """r = W_d h + b_d - t on coordinates [i, i + width), for every row."""
-            r = residual[:, :width]
-            for b, t in enumerate(targets):
-                torch.sub(b_d[i : i + width], t[i : i + width], out=r[b])
+        # Pass 2: per chunk, r = W_d h + b_d - t; Σ r² (the loss) and W_dᵀ r (for ∂/∂z) with the
+        # chunk's W_d as it was, then that chunk's gradients of W_d and b_d and their AdamW step
+        # (they need h only, not ∂/∂z). Each worker has its own scratch chunks.
+        part = torch.zeros(len(chunks), batch, 1 + d, device=dev, dtype=dt)
+
+        def pass_2(share: range) -> None:
+            r_all = torch.empty(batch, width_max, device=dev, dtype=dt)
+            g_dec = torch.empty(width_max, d, device=dev, dtype=dt)
+            g_bias = torch.empty(width_max, device=dev, dtype=dt)
+            for ci in share:
+                i, width = chunks[ci]
+                sl = slice(i, i + width)
+                r, w_d_c = r_all[:, :width], w_d[sl]
+                for b in range(batch):
+                    torch.sub(b_d[sl], t_views[b][ci], out=r[b])
+                    for j in range(d):
+                        r[b].add_(w_d_c[:, j], alpha=h_list[b][j])
+                    torch.dot(r[b], r[b], out=part[ci, b, 0])
+                    for j in range(d):
+                        torch.dot(r[b], w_d_c[:, j], out=part[ci, b, 1 + j])
+                g_d, g_b = g_dec[:width], g_bias[:width]
                 for j in range(d):
-                    r[b].add_(w_d[i : i + width, j], alpha=h_list[b][j])
-            return r
+                    _weighted_sum(r, dec_w[j], g_d[:, j])
+                _weighted_sum(r, bias_w, g_b)
+                opt.fused_kernel(
+                    [w_d_c, b_d[sl]],
+                    [g_d, g_b],
+                    [m[sl] for m in dec_m],
+                    [v[sl] for v in dec_v],
+                    dec_steps,
+                )
 
-        # Pass 2: per chunk and row, Σ r² (the loss) and W_dᵀ r (for ∂/∂z).
-        part = torch.zeros(len(starts), batch, 1 + d, device=dev, dtype=dt)
-        for ci, i in enumerate(starts):
-            width = min(chunk, n - i)
-            r = residual_chunk(i, width)
-            for b in range(batch):
-                torch.dot(r[b], r[b], out=part[ci, b, 0])
-                for j in range(d):
-                    torch.dot(r[b], w_d[i : i + width, j], out=part[ci, b, 1 + j])
+        _run(pass_2, shares)
         sums = part.double().sum(0)  # (B, 1 + d)
         loss = float(sums[:, 0].sum()) / (batch * n)
         if not math.isfinite(loss):
-            return loss
-        k = 2.0 / (batch * n)  # R = k r
+            return loss  # a NaN/inf target coordinate: W_d and b_d are spoilt, the caller stops
         grad_z = k * sums[:, 1:] * (1 - h.double() ** 2)  # (B, d)
-        # Row weights of the chunk gradients: ∂W_d[:, j] = Σ_b k h_bj r_b, ∂b_d = Σ_b k r_b,
         # ∂W_e[j] = Σ_b ∂z_bj ŝ_b = Σ_b (∂z_bj scale_b) s_b.
-        dec_w = [[k * h_list[b][j] for b in range(batch)] for j in range(d)]
-        bias_w = [k] * batch
         enc_w = (grad_z * scale[:, None]).T.tolist()  # (d, B)
-
-        opt.begin_step()
         be = "encoder_bias"
         opt.fused_kernel(
             [self.encoder_bias],
@@ -244,33 +293,25 @@ class Gradiend(nn.Module):
             [opt.exp_avg_sq[be]],
             [opt.step[be]],
         )
-        # The chunked tensors: W_d, b_d and W_e row by row (each row contiguous).
-        exp_avg, exp_avg_sq = (
-            [m["decoder_weight"], m["decoder_bias"], *m["encoder_weight"]]
-            for m in (opt.exp_avg, opt.exp_avg_sq)
-        )
-        steps = [opt.step[k] for k in ("decoder_weight", "decoder_bias", *["encoder_weight"] * d)]
-        g_dec = torch.empty(min(chunk, n), d, device=dev, dtype=dt)
-        g_bias = torch.empty(min(chunk, n), device=dev, dtype=dt)
-        g_enc = torch.empty(d, min(chunk, n), device=dev, dtype=dt)
 
-        # Pass 3: per chunk, the gradients (from r, recomputed, and s), then AdamW in place.
-        for i in starts:
-            width = min(chunk, n - i)
-            r = residual_chunk(i, width)
-            g_d, g_b, g_e = g_dec[:width], g_bias[:width], g_enc[:, :width]
-            for j in range(d):
-                _weighted_sum(r, dec_w[j], g_d[:, j])
-                _weighted_sum([s[i : i + width] for s in sources], enc_w[j], g_e[j])
-            _weighted_sum(r, bias_w, g_b)
-            sl = slice(i, i + width)
-            opt.fused_kernel(
-                [w_d[sl], b_d[sl], *(w[sl] for w in w_e_rows)],
-                [g_d, g_b, *g_e],
-                [m[sl] for m in exp_avg],
-                [v[sl] for v in exp_avg_sq],
-                steps,
-            )
+        # Pass 3: per chunk, W_e's gradient (from s) and its AdamW step.
+        def pass_3(share: range) -> None:
+            g_enc = torch.empty(d, width_max, device=dev, dtype=dt)
+            for ci in share:
+                i, width = chunks[ci]
+                sl = slice(i, i + width)
+                g_e = g_enc[:, :width]
+                for j in range(d):
+                    _weighted_sum([v[ci] for v in s_views], enc_w[j], g_e[j])
+                opt.fused_kernel(
+                    [w[sl] for w in w_e_rows],
+                    list(g_e),
+                    [m[sl] for m in enc_m],
+                    [v[sl] for v in enc_v],
+                    enc_steps,
+                )
+
+        _run(pass_3, shares)
         return loss
 
     @torch.no_grad()
@@ -299,15 +340,92 @@ class Gradiend(nn.Module):
         }
 
 
-def _rows(x: torch.Tensor | Sequence[torch.Tensor], n: int) -> list[torch.Tensor]:
-    """(B, n), (n,) or a sequence of (n,) rows -> the rows, as views."""
-    if isinstance(x, torch.Tensor):
-        x = [x] if x.dim() == 1 else list(x)
+Row = torch.Tensor | Segments
+
+
+def _rows(x: Row | Sequence[Row], n: int) -> list[Row]:
+    """(B, n), (n,), one ``Segments`` or a sequence of (n,) rows / ``Segments`` -> the rows, as
+    views."""
+    if isinstance(x, Segments) or (isinstance(x, torch.Tensor) and x.dim() == 1):
+        x = [x]
     rows = list(x)
     for row in rows:
-        if row.shape != (n,):
+        if isinstance(row, Segments):
+            if any(piece.dim() != 1 for piece in row) or row.offsets()[-1] != n:
+                shapes = [tuple(piece.shape) for piece in row][:4]
+                raise ValueError(f"expected 1-D pieces of {n} coordinates in all, got {shapes}...")
+        elif row.shape != (n,):
             raise ValueError(f"expected rows of {n} coordinates, got {tuple(row.shape)}")
     return rows
+
+
+def _chunks(rows: list[Row], n: int, chunk: int) -> list[tuple[int, int]]:
+    """(start, width) of every chunk: ``chunk`` coordinates at a time from 0, restarting at each
+    piece boundary of a ``Segments`` row so that no chunk straddles two pieces (flat rows alone:
+    exactly range(0, n, chunk))."""
+    cuts = {0, n}
+    for row in rows:
+        if isinstance(row, Segments):
+            cuts.update(row.offsets())
+    ends = sorted(cuts)
+    return [
+        (i, min(chunk, b - i))
+        for a, b in zip(ends, ends[1:], strict=False)
+        for i in range(a, b, chunk)
+    ]
+
+
+def _views(row: Row, chunks: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """The row's coordinates [i, i + w) of every chunk, as views."""
+    if not isinstance(row, Segments):
+        return [row[i : i + w] for i, w in chunks]
+    offsets, out, k = row.offsets(), [], 0
+    for i, w in chunks:
+        while offsets[k + 1] <= i:
+            k += 1
+        out.append(row[k][i - offsets[k] : i - offsets[k] + w])
+    return out
+
+
+def _shares(chunks: list[tuple[int, int]], workers: int) -> list[range]:
+    """Split the chunk indices into ``workers`` contiguous runs of about equal coordinates."""
+    if workers <= 1 or len(chunks) < 2:
+        return [range(len(chunks))]
+    n = chunks[-1][0] + chunks[-1][1]
+    bounds, ci = [0], 0
+    for w in range(1, workers):
+        while ci < len(chunks) and chunks[ci][0] < n * w // workers:
+            ci += 1
+        bounds.append(max(ci, bounds[-1]))
+    bounds.append(len(chunks))
+    return [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _run(work, shares: list[range]) -> None:
+    """``work(share)`` for every share: the first on this thread, the others on pool threads,
+    each with one torch thread; returns when all are done (a worker's error is raised here).
+    Every share writes its own chunks only, so the result does not depend on the split."""
+    global _POOL
+    if len(shares) == 1:
+        work(shares[0])
+        return
+    if _POOL is None or _POOL._max_workers < len(shares) - 1:
+        _POOL = ThreadPoolExecutor(max_workers=len(shares) - 1, thread_name_prefix="gradiend")
+
+    def one_thread(share: range) -> None:
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            work(share)
+
+    futures = [_POOL.submit(one_thread, share) for share in shares[1:]]
+    try:
+        work(shares[0])
+    finally:
+        for future in futures:
+            future.result()
 
 
 def _weighted_sum(rows, weights: list[float], out: torch.Tensor) -> None:

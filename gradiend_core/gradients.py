@@ -29,6 +29,7 @@ from gradiend_core.lower_states import RowStates, states_block
 from gradiend_core.mlm_head import MlmHead, build_masked_batch, pooled_mask_states
 from gradiend_core.row_gradients import RowGradients, membership
 from gradiend_core.runtime import progress
+from gradiend_core.segments import Segments
 from gradiend_core.tokens import (
     causal_batch,
     causal_prefix_ids,
@@ -171,12 +172,17 @@ class GradientComputer:
         return enc, rows, cols
 
     # ---- gradients -------------------------------------------------------------------------------
+    def _pieces(self, grads: tuple[torch.Tensor, ...]) -> Segments:
+        """The kept coordinates of each θ tensor's gradient (a whole tensor: a view)."""
+        return Segments(
+            g.reshape(-1) if idx is None else g.reshape(-1)[idx.to(g.device)]
+            for g, idx in zip(grads, self.local, strict=True)
+        )
+
     def _flatten(self, grads: tuple[torch.Tensor, ...]) -> torch.Tensor:
         out = torch.empty(self.size, dtype=torch.float32, device=self.base.device)
         at = 0
-        for g, idx in zip(grads, self.local, strict=True):
-            flat = g.reshape(-1)
-            part = flat if idx is None else flat[idx.to(flat.device)]
+        for part in self._pieces(grads):
             out[at : at + part.numel()] = part
             at += part.numel()
         return out
@@ -187,7 +193,8 @@ class GradientComputer:
         kinds: tuple[str, ...],
         where: str,
         texts: list[str],
-    ) -> dict[str, torch.Tensor]:
+        flat: bool = True,
+    ) -> dict[str, torch.Tensor | Segments]:
         out = {}
         for i, kind in enumerate(kinds):
             loss = losses[kind]()
@@ -197,6 +204,9 @@ class GradientComputer:
                     " check the base model weights and runtime.dtype (float32 is safest)."
                 )
             grads = torch.autograd.grad(loss, self.tensors, retain_graph=i < len(kinds) - 1)
+            if not flat:
+                out[kind] = self._pieces(grads)  # unchecked: see ``vectors``
+                continue
             vector = self._flatten(grads)
             # One sum instead of an elementwise test (a 35M-entry vector: ~10 ms vs ~150 ms): a
             # NaN or inf entry makes the sum non-finite, and so would only an absurd overflow.
@@ -216,8 +226,14 @@ class GradientComputer:
         alternative: list[str],
         kinds: tuple[str, ...],
         where: str = "gradient",
-    ) -> dict[str, torch.Tensor]:
-        """Batch-mean gradient vectors of the requested kinds, from one shared forward pass."""
+        flat: bool = True,
+    ) -> dict[str, torch.Tensor | Segments]:
+        """Batch-mean gradient vectors of the requested kinds, from one shared forward pass.
+
+        ``flat=False`` returns each vector as ``Segments`` (one piece per θ tensor, in place of a
+        copy into one n-sized vector) for ``Gradiend.fused_update`` to read directly, as a
+        training step that computes its gradients on the fly would; such vectors skip the NaN/inf
+        scan (a pass over n coordinates): the update's loss turns non-finite instead."""
         for kind in kinds:
             if kind not in VECTOR_KINDS:
                 raise ValueError(kind)
@@ -229,7 +245,7 @@ class GradientComputer:
             "alternative": lambda: loss_of(t_a),
             "diff": lambda: loss_of(t_f) - loss_of(t_a),
         }
-        return self._backward(losses, tuple(kinds), where, masked)
+        return self._backward(losses, tuple(kinds), where, masked, flat)
 
     def _neutral_draw(self, text: str, rng: random.Random):
         """A neutral sentence's seeded target (§1.6): causal models cut at a random position >=

@@ -4,11 +4,21 @@ implementation), and today's path ``closed_form_grads`` + ``torch.optim.AdamW(fu
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gradiend_core.gradiend import UPDATE_CHUNK, Gradiend, GradiendAdamW
+from gradiend_core import gradiend as gradiend_module
+from gradiend_core.gradiend import (
+    UPDATE_CHUNK,
+    Gradiend,
+    GradiendAdamW,
+    _chunks,
+    _shares,
+)
+from gradiend_core.segments import Segments
 from gradiend_core.training import ADAM_EPS
 
 LR, WD = 1e-2, 0.1
@@ -170,17 +180,114 @@ def test_fused_update_accepts_one_vector_and_leaves_inputs_and_threads_alone():
         a.fused_update(torch.randn(2, n), torch.randn(3, n), sa)
 
 
-def test_non_finite_loss_leaves_weights_and_state_untouched():
+def test_non_finite_source_leaves_weights_and_state_untouched():
+    n = 200
+    model, _ = pair_of_models(n, 1, "unit", torch.float32)
+    state = GradiendAdamW(model, LR, WD)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for bad in (float("nan"), float("inf")):
+        source = torch.ones(n)
+        source[17] = bad
+        assert math.isnan(model.fused_update(source, torch.zeros(n), state, chunk=64))
+        for name in NAMES:
+            assert torch.equal(getattr(model, name), before[name]), name
+            assert float(state.step[name]) == 0 and not state.exp_avg[name].any()
+
+
+def test_non_finite_target_gives_a_non_finite_loss_and_keeps_the_encoder():
+    """A bad target is found in the pass that steps W_d and b_d (they are spoilt and the caller
+    stops); the encoder's tensors are stepped only after the loss is known, so they stay."""
     n = 200
     model, _ = pair_of_models(n, 1, "unit", torch.float32)
     state = GradiendAdamW(model, LR, WD)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     target = torch.zeros(n)
-    target[17] = float("nan")
-    assert torch.isnan(torch.tensor(model.fused_update(torch.ones(n), target, state, chunk=64)))
-    for name in NAMES:
+    target[150] = float("inf")
+    assert not math.isfinite(model.fused_update(torch.ones(n), target, state, chunk=64))
+    for name in ("encoder_weight", "encoder_bias"):
         assert torch.equal(getattr(model, name), before[name]), name
-        assert float(state.step[name]) == 0 and not state.exp_avg[name].any()
+        assert not state.exp_avg[name].any() and not state.exp_avg_sq[name].any()
+
+
+def random_segments(row: torch.Tensor, sizes: list[int]) -> Segments:
+    """``row`` cut into pieces of ``sizes`` (copies, so no piece is a view of the row)."""
+    assert sum(sizes) == row.numel()
+    return Segments(piece.clone() for piece in torch.split(row, sizes))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_segments_rows_equal_autograd_with_torch_adamw(batch):
+    """Rows given as pieces (θ's tensors, one of them empty and several shorter than a chunk):
+    float64 against the autograd reference as above, 4 steps."""
+    n, sizes = 1000, [300, 0, 7, 500, 1, 192]
+    model, ref = pair_of_models(n, 1, "unit", torch.float64)
+    ref_opt = torch.optim.AdamW(
+        ref.values(), lr=LR, weight_decay=WD, eps=ADAM_EPS, foreach=False, fused=False
+    )
+    state = GradiendAdamW(model, lr=LR, weight_decay=WD, eps=ADAM_EPS)
+    for source, target in batches(n, batch, 4, torch.float64):
+        expected = reference_step(ref, ref_opt, source, target, unit=True)
+        rows_s = [random_segments(r, sizes) for r in source]
+        rows_t = [random_segments(r, sizes[::-1]) for r in target]  # other cuts than the source
+        loss = model.fused_update(rows_s if batch > 1 else rows_s[0], rows_t, state, chunk=128)
+        assert loss == pytest.approx(expected, rel=1e-6)
+        assert_params_close(model, ref, rtol=1e-6)
+
+
+def test_segments_of_the_wrong_size_are_refused():
+    model, _ = pair_of_models(10, 1, "unit", torch.float32)
+    state = GradiendAdamW(model, LR, WD)
+    with pytest.raises(ValueError, match="10 coordinates"):
+        model.fused_update(Segments([torch.zeros(4), torch.zeros(5)]), torch.zeros(10), state)
+    with pytest.raises(ValueError, match="10 coordinates"):
+        model.fused_update(Segments([torch.zeros(2, 5)]), torch.zeros(10), state)
+
+
+def test_chunks_split_only_at_piece_boundaries_and_the_chunk_size():
+    rows = [torch.zeros(10), Segments([torch.zeros(3), torch.zeros(0), torch.zeros(7)])]
+    assert _chunks(rows[:1], 10, 4) == [(0, 4), (4, 4), (8, 2)]
+    assert _chunks(rows, 10, 4) == [(0, 3), (3, 4), (7, 3)]
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_give_the_same_bytes_as_one_thread(monkeypatch, workers):
+    """Above ``UPDATE_PARALLEL_MIN`` the chunks are shared among threads: same loss, weights and
+    AdamW state to the bit as one thread, over steps with a flip between them; torch's thread
+    setting is restored."""
+    n, batch = 5000, 2
+    runs = []
+    for parallel in (False, True):
+        monkeypatch.setattr(gradiend_module, "UPDATE_PARALLEL_MIN", 0 if parallel else n + 1)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(workers)
+        try:
+            model, _ = pair_of_models(n, 1, "unit", torch.float32)
+            state = GradiendAdamW(model, LR, WD)
+            losses = []
+            for step, (s, t) in enumerate(batches(n, batch, 4, torch.float32)):
+                losses.append(model.fused_update(s, t, state, chunk=256))
+                if step == 1:
+                    model.flip_sign(state)
+            assert torch.get_num_threads() == workers
+        finally:
+            torch.set_num_threads(threads)
+        runs.append((losses, model, state))
+    (l1, m1, s1), (l2, m2, s2) = runs
+    assert l1 == l2
+    for name in NAMES:
+        assert torch.equal(getattr(m1, name), getattr(m2, name)), name
+        assert torch.equal(s1.exp_avg[name], s2.exp_avg[name]), name
+        assert torch.equal(s1.exp_avg_sq[name], s2.exp_avg_sq[name]), name
+
+
+def test_shares_cover_the_chunks_once_in_order():
+    chunks = [(i, 10) for i in range(0, 100, 10)]
+    for workers in (1, 2, 3, 4, 20):
+        shares = _shares(chunks, workers)
+        assert [ci for share in shares for ci in share] == list(range(10))
+        assert len(shares) == min(workers, 10)
+    assert _shares(chunks, 2) == [range(0, 5), range(5, 10)]
+    assert _shares([(0, 5)], 4) == [range(0, 1)]
 
 
 def test_chunking_changes_rounding_only():

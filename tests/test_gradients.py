@@ -31,6 +31,7 @@ from gradiend_core.mlm_head import (
     pooled_mask_states,
     require_single_token_targets,
 )
+from gradiend_core.segments import Segments
 from gradiend_core.tokens import (
     causal_prefix_ids,
     pack,
@@ -186,6 +187,23 @@ def test_clm_next_token_pruned_space_returns_exactly_the_kept_coordinates(causal
     for kind in ("factual", "diff"):
         assert part[kind].shape == (order.numel(),)
         torch.testing.assert_close(part[kind], full[kind][order], atol=0, rtol=0)
+
+
+def test_unflattened_vectors_are_the_flat_ones_cut_at_the_tensors(causal_base):
+    """``flat=False``: one piece per θ tensor (whole tensors as views of autograd's gradient, a
+    pruned tensor's kept coordinates gathered), equal to the flat vector to the bit."""
+    space = full_space(causal_base)
+    gen = torch.Generator().manual_seed(1)
+    pruned_space = space.with_kept(torch.randperm(space.full_size, generator=gen)[:500])
+    kinds = ("alternative", "diff")
+    for sp in (space, pruned_space):
+        computer = GradientComputer(causal_base, sp, "clm_next_token", MASK, max_length=64)
+        flat = computer.vectors([EX1, EX3], ["he", "he"], ["she", "she"], kinds)
+        pieces = computer.vectors([EX1, EX3], ["he", "he"], ["she", "she"], kinds, flat=False)
+        for kind in kinds:
+            assert isinstance(pieces[kind], Segments)
+            assert len(pieces[kind]) == len(sp.names)
+            assert torch.equal(torch.cat(list(pieces[kind])), flat[kind])
 
 
 def test_only_the_space_tensors_require_grad(causal_base):
