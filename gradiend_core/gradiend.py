@@ -34,8 +34,9 @@ gradient); ``none`` is s itself, the reference's encoder.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,9 @@ UPDATE_CHUNK = 1 << 18
 # (n = 35.4M in 5 chunks; the pass-3 temporaries at batch 8 take ~0.4 GB of device memory).
 UPDATE_CHUNK_DEVICE = 1 << 23
 # From this many coordinates on, a CPU update shares its chunks among up to ``UPDATE_WORKERS_MAX``
-# threads (as many as torch's intra-op threads, ``runtime.num_threads``), each running its share's
-# small operations on one torch thread: a single thread streams only one or two tensors at a time
+# threads (as many as torch's intra-op threads, ``runtime.num_threads``), each taking the next chunk
+# when it is free and running its small operations on one torch thread (``_run``): a single thread
+# streams only one or two tensors at a time
 # and reaches ~60 % of the memory bandwidth, while torch's own two-thread operations pay a fork-join
 # per operation and stall whenever a core is shared. Measured on 2 cores (one worker -> two):
 # n = 2^20 4.1 -> 3.0 ms, 3.5M 13.4 -> 9.0 ms, 35.4M 0.13 -> 0.085 s. Every worker writes its own
@@ -204,14 +206,13 @@ class Gradiend(nn.Module):
         t_views = [_views(t, chunks) for t in targets]
         dev, dt = b_d.device, b_d.dtype
         unit = self.input_normalization == "unit"
-        shares = _shares(chunks, workers)
         width_max = min(chunk, n)
 
         # Pass 1: per chunk and row, ‖s_b‖² (unit only) and W_e s_b; summed in float64 below.
         part = torch.zeros(len(chunks), batch, 1 + d, device=dev, dtype=dt)
 
-        def pass_1(share: range) -> None:
-            for ci in share:
+        def pass_1(indices: Iterator[int]) -> None:
+            for ci in indices:
                 i, width = chunks[ci]
                 for b in range(batch):
                     s_c = s_views[b][ci]
@@ -220,7 +221,7 @@ class Gradiend(nn.Module):
                     for j in range(d):
                         torch.dot(s_c, w_e_rows[j][i : i + width], out=part[ci, b, 1 + j])
 
-        _run(pass_1, shares)
+        _run(pass_1, len(chunks), workers)
         sums = part.double().sum(0)  # (B, 1 + d)
         if unit:
             norm = sums[:, 0].sqrt()
@@ -250,11 +251,11 @@ class Gradiend(nn.Module):
         # (they need h only, not ∂/∂z). Each worker has its own scratch chunks.
         part = torch.zeros(len(chunks), batch, 1 + d, device=dev, dtype=dt)
 
-        def pass_2(share: range) -> None:
+        def pass_2(indices: Iterator[int]) -> None:
             r_all = torch.empty(batch, width_max, device=dev, dtype=dt)
             g_dec = torch.empty(width_max, d, device=dev, dtype=dt)
             g_bias = torch.empty(width_max, device=dev, dtype=dt)
-            for ci in share:
+            for ci in indices:
                 i, width = chunks[ci]
                 sl = slice(i, i + width)
                 r, w_d_c = r_all[:, :width], w_d[sl]
@@ -277,7 +278,7 @@ class Gradiend(nn.Module):
                     dec_steps,
                 )
 
-        _run(pass_2, shares)
+        _run(pass_2, len(chunks), workers)
         sums = part.double().sum(0)  # (B, 1 + d)
         loss = float(sums[:, 0].sum()) / (batch * n)
         if not math.isfinite(loss):
@@ -295,9 +296,9 @@ class Gradiend(nn.Module):
         )
 
         # Pass 3: per chunk, W_e's gradient (from s) and its AdamW step.
-        def pass_3(share: range) -> None:
+        def pass_3(indices: Iterator[int]) -> None:
             g_enc = torch.empty(d, width_max, device=dev, dtype=dt)
-            for ci in share:
+            for ci in indices:
                 i, width = chunks[ci]
                 sl = slice(i, i + width)
                 g_e = g_enc[:, :width]
@@ -311,7 +312,7 @@ class Gradiend(nn.Module):
                     enc_steps,
                 )
 
-        _run(pass_3, shares)
+        _run(pass_3, len(chunks), workers)
         return loss
 
     @torch.no_grad()
@@ -387,42 +388,38 @@ def _views(row: Row, chunks: list[tuple[int, int]]) -> list[torch.Tensor]:
     return out
 
 
-def _shares(chunks: list[tuple[int, int]], workers: int) -> list[range]:
-    """Split the chunk indices into ``workers`` contiguous runs of about equal coordinates."""
-    if workers <= 1 or len(chunks) < 2:
-        return [range(len(chunks))]
-    n = chunks[-1][0] + chunks[-1][1]
-    bounds, ci = [0], 0
-    for w in range(1, workers):
-        while ci < len(chunks) and chunks[ci][0] < n * w // workers:
-            ci += 1
-        bounds.append(max(ci, bounds[-1]))
-    bounds.append(len(chunks))
-    return [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+def _claim(counter: Iterator[int], count: int) -> Iterator[int]:
+    """Chunk indices drawn from ``counter`` (shared by the workers) while they are < ``count``."""
+    while (ci := next(counter)) < count:
+        yield ci
 
 
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _run(work, shares: list[range]) -> None:
-    """``work(share)`` for every share: the first on this thread, the others on pool threads,
-    each with one torch thread; returns when all are done (a worker's error is raised here).
-    Every share writes its own chunks only, so the result does not depend on the split."""
+def _run(work: Callable[[Iterator[int]], None], count: int, workers: int) -> None:
+    """``work(indices)`` on this thread and on ``workers - 1`` pool threads (each with one torch
+    thread), the chunk indices 0..count-1 handed out one at a time to whichever worker is free, so
+    a worker whose core is busy with something else takes fewer; returns when all are done (a
+    worker's error is raised here). Every chunk's results go to its own slots, so the outcome does
+    not depend on which worker ran it."""
     global _POOL
-    if len(shares) == 1:
-        work(shares[0])
+    if workers <= 1 or count < 2:
+        work(iter(range(count)))
         return
-    if _POOL is None or _POOL._max_workers < len(shares) - 1:
-        _POOL = ThreadPoolExecutor(max_workers=len(shares) - 1, thread_name_prefix="gradiend")
+    helpers = min(workers, count) - 1
+    if _POOL is None or _POOL._max_workers < helpers:
+        _POOL = ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="gradiend-update")
+    counter = itertools.count()  # next() on it is atomic under the GIL
 
-    def one_thread(share: range) -> None:
+    def one_thread() -> None:
         torch.set_num_threads(1)
         with torch.no_grad():
-            work(share)
+            work(_claim(counter, count))
 
-    futures = [_POOL.submit(one_thread, share) for share in shares[1:]]
+    futures = [_POOL.submit(one_thread) for _ in range(helpers)]
     try:
-        work(shares[0])
+        work(_claim(counter, count))
     finally:
         for future in futures:
             future.result()

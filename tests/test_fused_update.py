@@ -16,7 +16,7 @@ from gradiend_core.gradiend import (
     Gradiend,
     GradiendAdamW,
     _chunks,
-    _shares,
+    _run,
 )
 from gradiend_core.segments import Segments
 from gradiend_core.training import ADAM_EPS
@@ -280,29 +280,32 @@ def test_workers_give_the_same_bytes_as_one_thread(monkeypatch, workers):
         assert torch.equal(s1.exp_avg_sq[name], s2.exp_avg_sq[name]), name
 
 
-def test_shares_cover_the_chunks_once_in_order():
-    chunks = [(i, 10) for i in range(0, 100, 10)]
-    for workers in (1, 2, 3, 4, 20):
-        shares = _shares(chunks, workers)
-        assert [ci for share in shares for ci in share] == list(range(10))
-        assert len(shares) == min(workers, 10)
-    assert _shares(chunks, 2) == [range(0, 5), range(5, 10)]
-    assert _shares([(0, 5)], 4) == [range(0, 1)]
+def test_run_hands_every_chunk_to_exactly_one_worker():
+    """``_run``: the indices 0..count-1, each once, over the calling thread and the pool's; with
+    one worker (or one chunk) everything runs on the calling thread, in order."""
+    import threading
+
+    for workers, count in ((1, 7), (2, 1), (2, 50), (3, 50), (4, 3)):
+        seen: list[tuple[int, str]] = []
+        lock = threading.Lock()
+
+        def work(indices, seen=seen, lock=lock):
+            for ci in indices:
+                with lock:
+                    seen.append((ci, threading.current_thread().name))
+
+        _run(work, count, workers)
+        assert sorted(ci for ci, _ in seen) == list(range(count))
+        if workers == 1 or count == 1:
+            assert [ci for ci, _ in seen] == list(range(count))
+            assert {name for _, name in seen} == {threading.current_thread().name}
 
 
-def test_chunking_changes_rounding_only():
-    """The chunk size sets the reductions' summation order, nothing else."""
-    n = 3000
-    runs = []
-    for chunk in (7, 128, UPDATE_CHUNK):
-        model, _ = pair_of_models(n, 1, "unit", torch.float32)
-        state = GradiendAdamW(model, LR, WD)
-        losses = [
-            model.fused_update(s, t, state, chunk=chunk) for s, t in batches(n, 2, 4, torch.float32)
-        ]
-        runs.append((losses, {k: v.detach() for k, v in model.named_parameters()}))
-    for losses, params in runs[1:]:
-        assert losses == pytest.approx(runs[0][0], rel=1e-5)
-        for name in NAMES:
-            scale = float(params[name].abs().max())
-            torch.testing.assert_close(params[name], runs[0][1][name], rtol=0, atol=1e-5 * scale)
+def test_a_worker_error_is_raised_to_the_caller():
+    def work(indices):
+        for ci in indices:
+            if ci == 5:
+                raise RuntimeError("chunk 5 failed")
+
+    with pytest.raises(RuntimeError, match="chunk 5 failed"):
+        _run(work, 20, 2)
