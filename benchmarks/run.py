@@ -10,9 +10,10 @@ names it in ``device``.
 
 * floor: the base model's own passes a training step needs — one forward and one backward per needed
   vector (alternative + diff = 2), plain ``loss.backward()`` into ``.grad`` over θ's tensors;
-* full step: the same passes with θ's gradients read in place (``Segments``: the kept coordinates of
-  a pruned tensor are gathered, a whole tensor is not copied) + GRADIEND update (closed form +
-  AdamW, ``Gradiend.fused_update``), as a training step that computes its gradients on the fly;
+* full step: the same passes, the gradient vector (a pruned θ's kept coordinates gathered into one
+  flat buffer; an unpruned θ's gradients read where autograd put them, ``Segments``) + GRADIEND
+  update (closed form + AdamW, ``Gradiend.fused_update``), as a training step that computes its
+  gradients on the fly;
 * grid point: apply the edit in place, measure probabilities + LMS, restore; compared with one plain
   measurement of the unedited model.
 """
@@ -123,9 +124,10 @@ def bench_step(params, base, space: ParamSpace, batch, steps: int) -> dict:
     def full() -> None:
         sync()
         a = time.perf_counter()
-        # The gradients as θ's tensors hold them (Segments, no n-sized copy); the update reads them
-        # in place, and its loss is the NaN/inf check (training raises on a non-finite loss).
-        vec = computer.vectors(masked, fact, alt, kinds, flat=False)
+        # With θ's tensors kept whole, the gradients as autograd returns them (Segments, no n-sized
+        # copy); the update reads them in place, and its loss is the NaN/inf check (training
+        # raises on a non-finite loss). A pruned θ's vector is gathered into one flat buffer.
+        vec = computer.vectors(masked, fact, alt, kinds, flat=not computer.whole_tensors)
         sync()
         b = time.perf_counter()
         loss = model.fused_update(vec[t.source], vec[t.target], optim)

@@ -99,6 +99,8 @@ class GradientComputer:
         self.head = head.to(base.device).requires_grad_(False) if head is not None else None
         self.tensors = set_requires_grad(base.model, space)
         self.local = space.local_indices()
+        # Every θ tensor kept whole: ``vectors(flat=False)`` then hands out autograd's own tensors.
+        self.whole_tensors = all(idx is None for idx in self.local)
         self.size = space.size
         self._token_cache: dict[str, int] = {}
         self.rows = RowGradients(base.model, space)
@@ -233,7 +235,10 @@ class GradientComputer:
         ``flat=False`` returns each vector as ``Segments`` (one piece per θ tensor, in place of a
         copy into one n-sized vector) for ``Gradiend.fused_update`` to read directly, as a
         training step that computes its gradients on the fly would; such vectors skip the NaN/inf
-        scan (a pass over n coordinates): the update's loss turns non-finite instead."""
+        scan (a pass over n coordinates): the update's loss turns non-finite instead. It pays when
+        θ's tensors are kept whole (``whole_tensors``: the pieces are autograd's own tensors); a
+        pruned tensor's kept coordinates are gathered anyway, and a hundred small pieces make the
+        update run a hundred small chunks, so a flat vector is cheaper there."""
         for kind in kinds:
             if kind not in VECTOR_KINDS:
                 raise ValueError(kind)

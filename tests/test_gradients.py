@@ -199,6 +199,7 @@ def test_unflattened_vectors_are_the_flat_ones_cut_at_the_tensors(causal_base):
     for sp in (space, pruned_space):
         computer = GradientComputer(causal_base, sp, "clm_next_token", MASK, max_length=64)
         flat = computer.vectors([EX1, EX3], ["he", "he"], ["she", "she"], kinds)
+        assert computer.whole_tensors == (sp is space)
         pieces = computer.vectors([EX1, EX3], ["he", "he"], ["she", "she"], kinds, flat=False)
         for kind in kinds:
             assert isinstance(pieces[kind], Segments)
