@@ -7,9 +7,10 @@ stages use), with the objective taken from the workload (``clm_next_token``) by 
 ``GradientComputer`` directly rather than through params.yaml. Prints ``GRADIEND_BENCH_RESULT
 {json}``.
 
-* training step: exactly the body of ``training.train_gradiend``'s loop — the round-robin batch's
-  gradient vectors (``computer.vectors``), the closed-form GRADIEND gradients, AdamW step,
-  zero_grad; the first ``warmup`` steps are dropped, the median of the rest is reported;
+* training step: the round-robin batch's gradient vectors computed on the fly (``computer.vectors``,
+  as the reference does each step; the pipeline's training reads them from the gradients stage
+  instead) and training's GRADIEND update (``Gradiend.fused_update``: the closed-form gradients and
+  AdamW); the first ``warmup`` steps are dropped, the median of the rest is reported;
 * encoder evaluation: the test rows' and neutral texts' vectors (``row_vectors``,
   ``neutral_vectors``: what the gradients stage stores) encoded with ``encode_rows`` (what the
   evaluate_encoder stage does), wall time / rows;
@@ -36,7 +37,7 @@ from gradiend_core.data import load_examples, take_balanced
 from gradiend_core.decoder_eval import build_lms_set, build_probe_set, decoder_grid
 from gradiend_core.encoder_eval import encode_rows
 from gradiend_core.feature import ClassPair
-from gradiend_core.gradiend import Gradiend
+from gradiend_core.gradiend import Gradiend, GradiendAdamW
 from gradiend_core.gradients import (
     GradientComputer,
     fixed_batches,
@@ -46,7 +47,7 @@ from gradiend_core.gradients import (
 )
 from gradiend_core.pruning import importance, stratified_sample, top_k
 from gradiend_core.runtime import configure_torch, seed_everything
-from gradiend_core.training import batch_schedule
+from gradiend_core.training import ADAM_EPS, batch_schedule
 
 
 def peak_rss_gb() -> float:
@@ -88,12 +89,8 @@ def main() -> None:
     computer = GradientComputer(base, space, w["objective"], mask, int(w["max_length"]))
     kinds = needed_kinds(source, target)
     model = Gradiend.initialised(space.size, int(w["seed"])).to(base.device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=float(w["learning_rate"]),
-        weight_decay=float(w["weight_decay"]),
-        eps=1e-8,
-        foreach=True,
+    optimizer = GradiendAdamW(
+        model, lr=float(w["learning_rate"]), weight_decay=float(w["weight_decay"]), eps=ADAM_EPS
     )
     batches = fixed_batches(train_rows, classes, int(w["batch_size"]))
     n_steps = int(w["warmup"]) + int(w["steps"])
@@ -113,9 +110,7 @@ def main() -> None:
             batch["alternative"].tolist(),
             kinds,
         )
-        losses.append(model.closed_form_grads(vec[source].unsqueeze(0), vec[target].unsqueeze(0)))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        losses.append(model.fused_update(vec[source], vec[target], optimizer))
         times.append(time.perf_counter() - start)
     step_times = times[int(w["warmup"]) :]
     rss_after_train = peak_rss_gb()

@@ -506,7 +506,8 @@ def main() -> None:
                     " diff formed from them; inputs padded to 256 tokens) + autograd GRADIEND step"
                     " + its callbacks, timed between step ends with in-training evaluation off;"
                     " ours: one forward, one backward per needed vector (alternative, diff) on"
-                    " left-padded prefixes, closed-form GRADIEND step"
+                    " packed prefixes (left-padded for a model that cannot pack), the closed-form"
+                    " GRADIEND step and AdamW of training (Gradiend.fused_update)"
                 ),
                 (
                     "encoder eval, reference: test rows + 'neutral_training_masked' rows (test"
