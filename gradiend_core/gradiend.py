@@ -231,8 +231,10 @@ class Gradiend(nn.Module):
         z = sums[:, 1:] * scale[:, None] + self.encoder_bias.double()
         h = torch.tanh(z).to(dt)  # (B, d)
         h_list = h.tolist()
-        if not all(math.isfinite(x) for row in h_list for x in row):
-            return math.nan  # a NaN/inf source coordinate: nothing is touched
+        if not bool(torch.isfinite(sums).all()):
+            # A NaN/inf source coordinate (W_e s is then NaN or inf, ‖s‖² too): nothing is
+            # touched. h alone would not show it: tanh(±inf) = ±1.
+            return math.nan
 
         # The chunked AdamW tensors: W_d (chunks of its rows), b_d, and W_e row by row.
         dec = ("decoder_weight", "decoder_bias")

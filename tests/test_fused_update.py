@@ -180,12 +180,14 @@ def test_fused_update_accepts_one_vector_and_leaves_inputs_and_threads_alone():
         a.fused_update(torch.randn(2, n), torch.randn(3, n), sa)
 
 
-def test_non_finite_source_leaves_weights_and_state_untouched():
+@pytest.mark.parametrize("norm", ["unit", "none"])
+def test_non_finite_source_leaves_weights_and_state_untouched(norm):
+    """With ``none`` an inf coordinate makes z infinite and h = tanh(z) exactly ±1, finite."""
     n = 200
-    model, _ = pair_of_models(n, 1, "unit", torch.float32)
+    model, _ = pair_of_models(n, 1, norm, torch.float32)
     state = GradiendAdamW(model, LR, WD)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    for bad in (float("nan"), float("inf")):
+    for bad in (float("nan"), float("inf"), -float("inf")):
         source = torch.ones(n)
         source[17] = bad
         assert math.isnan(model.fused_update(source, torch.zeros(n), state, chunk=64))
