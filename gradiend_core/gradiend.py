@@ -66,9 +66,9 @@ UPDATE_CHUNK_DEVICE = 1 << 23
 # From this many coordinates on, a CPU update shares its chunks among up to ``UPDATE_WORKERS_MAX``
 # threads (as many as torch's intra-op threads, ``runtime.num_threads``), each taking the next chunk
 # when it is free and running its small operations on one torch thread (``_run``): a single thread
-# streams only one or two tensors at a time
-# and reaches ~60 % of the memory bandwidth, while torch's own two-thread operations pay a fork-join
-# per operation and stall whenever a core is shared. Measured on 2 cores (one worker -> two):
+# streams only one or two tensors at a time and reaches ~60 % of the memory bandwidth, while
+# torch's own two-thread operations pay a fork-join per operation and stall whenever a core is
+# shared. Measured on 2 cores (one worker -> two):
 # n = 2^20 4.1 -> 3.0 ms, 3.5M 13.4 -> 9.0 ms, 35.4M 0.13 -> 0.085 s. Every worker writes its own
 # chunks and its own partial sums, so the bytes are the same for any number of workers.
 UPDATE_PARALLEL_MIN = 1 << 20
@@ -223,6 +223,10 @@ class Gradiend(nn.Module):
 
         _run(pass_1, len(chunks), workers)
         sums = part.double().sum(0)  # (B, 1 + d)
+        if not bool(torch.isfinite(sums).all()):
+            # A NaN/inf source coordinate (W_e s is then NaN or inf, ‖s‖² too): nothing is
+            # touched. h alone would not show it: tanh(±inf) = ±1.
+            return math.nan
         if unit:
             norm = sums[:, 0].sqrt()
             scale = torch.where(norm > 0, 1.0 / norm, torch.ones_like(norm))  # ŝ = s * scale
@@ -231,10 +235,6 @@ class Gradiend(nn.Module):
         z = sums[:, 1:] * scale[:, None] + self.encoder_bias.double()
         h = torch.tanh(z).to(dt)  # (B, d)
         h_list = h.tolist()
-        if not bool(torch.isfinite(sums).all()):
-            # A NaN/inf source coordinate (W_e s is then NaN or inf, ‖s‖² too): nothing is
-            # touched. h alone would not show it: tanh(±inf) = ±1.
-            return math.nan
 
         # The chunked AdamW tensors: W_d (chunks of its rows), b_d, and W_e row by row.
         dec = ("decoder_weight", "decoder_bias")
@@ -397,6 +397,7 @@ def _claim(counter: Iterator[int], count: int) -> Iterator[int]:
 
 
 _POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
 
 
 def _run(work: Callable[[Iterator[int]], None], count: int, workers: int) -> None:
@@ -405,13 +406,14 @@ def _run(work: Callable[[Iterator[int]], None], count: int, workers: int) -> Non
     a worker whose core is busy with something else takes fewer; returns when all are done (a
     worker's error is raised here). Every chunk's results go to its own slots, so the outcome does
     not depend on which worker ran it."""
-    global _POOL
+    global _POOL, _POOL_SIZE
     if workers <= 1 or count < 2:
         work(iter(range(count)))
         return
     helpers = min(workers, count) - 1
-    if _POOL is None or _POOL._max_workers < helpers:
+    if _POOL is None or helpers > _POOL_SIZE:
         _POOL = ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="gradiend-update")
+        _POOL_SIZE = helpers
     counter = itertools.count()  # next() on it is atomic under the GIL
 
     def one_thread() -> None:
